@@ -1,0 +1,47 @@
+/*
+ * cuda_common.cuh - what the CUDA backend's translation units share: the kernel
+ * parameter block and the launchers each .cu file exports to cuda_backend.cu.
+ */
+#pragma once
+#include <cuda.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+/* Everything the split kernel and the combine kernel read, by value. Strides in elements. */
+struct decode_params {
+    const void *q;                /* [b, s_q, h_q, 576] */
+    int64_t q_stride_batch, q_stride_seq, q_stride_head;
+    const int32_t *block_table;   /* [b, max_pages_per_seq] */
+    int64_t block_table_stride;
+    const int32_t *seqlens;       /* [b] */
+    const int32_t *plan;          /* plan.h words */
+    void *out;                    /* [b, s_q, h_q, 512] */
+    int64_t out_stride_batch, out_stride_seq, out_stride_head;
+    float *lse;                   /* [b, h_q, s_q] */
+    float *partial_out;           /* [max_splits, h_kv, rows, 512] */
+    float *partial_lse;           /* [max_splits, h_kv, rows] */
+    int32_t batch, seqlen_q, heads_q, heads_kv;
+    int32_t rows;                 /* s_q * h_q / h_kv: query rows of one KV head */
+    int32_t group;                /* h_q / h_kv */
+    int32_t page_size;
+    int32_t causal;               /* already 0 when s_q == 1 */
+    int32_t num_workers;
+    int32_t max_splits;
+    float scale_log2;             /* softmax_scale * log2(e) */
+};
+
+/* Query rows per CTA on the GPU: N of wgmma, R rounded up to a multiple of 8. */
+#define ETAP_SM90_MAX_ROWS 64
+
+/* decode_sm90.cu */
+int etap_sm90_smem_bytes(int n_rows);
+cudaError_t etap_sm90_set_attributes(void);
+cudaError_t etap_sm90_launch_decode(const decode_params &p, const CUtensorMap &kv_map, int n_rows,
+                                    int fp16, cudaStream_t stream);
+/* combine_kernel.cu */
+cudaError_t etap_launch_combine(const decode_params &p, int fp16, cudaStream_t stream);
+/* plan_kernel.cu */
+cudaError_t etap_launch_plan(const int32_t *seqlens, int32_t *plan, int32_t batch,
+                             int32_t num_workers, int32_t max_len, cudaStream_t stream);
+size_t etap_plan_kernel_smem_bytes(int32_t batch);
+cudaError_t etap_plan_set_attributes(size_t max_smem_bytes);

@@ -1,0 +1,152 @@
+/*
+ * ptx.cuh - every raw PTX instruction the Hopper backend uses, wrapped once.
+ *
+ * Section names refer to the PTX ISA manual. Kernels call these and read as the algorithm;
+ * nothing else in src/cuda/ writes inline assembly except the generated wgmma_ops.cuh.
+ */
+#pragma once
+#include <stdint.h>
+
+/* ---- addresses ---------------------------------------------------------------------- */
+
+__device__ __forceinline__ uint32_t smem_addr(const void *p)
+{
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+/* ---- mbarrier (PTX: Parallel Synchronization and Communication: mbarrier) ------------ */
+
+__device__ __forceinline__ void mbarrier_init(uint64_t *bar, uint32_t arrivals)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(arrivals));
+}
+/* Makes the inits visible to the async proxy (the copy engine) before first use. */
+__device__ __forceinline__ void mbarrier_init_fence(void)
+{
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+/* Arrive once and add `bytes` to the transaction count the phase waits for. */
+__device__ __forceinline__ void mbarrier_arrive_expect_tx(uint64_t *bar, uint32_t bytes)
+{
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)),
+                 "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void mbarrier_arrive(uint64_t *bar)
+{
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
+}
+/* Blocks until the phase with the given parity (0 or 1) has completed. */
+__device__ __forceinline__ void mbarrier_wait(uint64_t *bar, uint32_t parity)
+{
+    asm volatile("{\n"
+                 ".reg .pred done;\n"
+                 "WAIT_%=:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+                 "@!done bra WAIT_%=;\n"
+                 "}\n" ::"r"(smem_addr(bar)),
+                 "r"(parity)
+                 : "memory");
+}
+
+/* ---- bulk tensor copy (PTX: cp.async.bulk.tensor) ----------------------------------- */
+
+__device__ __forceinline__ void tma_prefetch_descriptor(const void *tmap)
+{
+    asm volatile("prefetch.tensormap [%0];" ::"l"((uint64_t)tmap) : "memory");
+}
+/* Loads the box at coordinates (c0 innermost .. c3) of a 4-D tensor map into shared
+ * memory; completion is signalled on `bar` as transaction bytes. */
+__device__ __forceinline__ void tma_load_4d(void *dst, const void *tmap, uint64_t *bar, int32_t c0,
+                                            int32_t c1, int32_t c2, int32_t c3)
+{
+    asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%3, %4, %5, %6}], [%2];" ::"r"(smem_addr(dst)),
+                 "l"((uint64_t)tmap), "r"(smem_addr(bar)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+                 : "memory");
+}
+
+/* ---- proxies and barriers ------------------------------------------------------------ */
+
+/* Shared memory written by ordinary stores and read next by wgmma or the copy engine
+ * (the async proxy) needs this in each writing thread before the barrier that orders it. */
+__device__ __forceinline__ void fence_proxy_async_smem(void)
+{
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+}
+/* Named barriers (PTX: barrier.sync): `threads` is a multiple of 32, and every lane of a
+ * participating warp calls it. ID 0 is __syncthreads(); the kernels use 1.. for subsets of
+ * warps. Lane-predicated stores (`if (lane < 4) ...`) often precede these barriers, so the
+ * warp is reconverged first and the non-.aligned form is used: bar.sync is
+ * barrier.sync.aligned, undefined for a diverged warp (compute-sanitizer's synccheck caught
+ * that), and racecheck only credits the ordering to a converged arrival. */
+__device__ __forceinline__ void named_barrier_sync(uint32_t id, uint32_t threads)
+{
+    __syncwarp();
+    asm volatile("barrier.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
+/* ---- register reallocation between warpgroups (PTX: setmaxnreg, sm_90a) --------------- */
+
+template <uint32_t REGS> __device__ __forceinline__ void setmaxnreg_inc(void)
+{
+    static_assert(REGS % 8 == 0 && REGS >= 24 && REGS <= 256, "setmaxnreg range");
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(REGS));
+}
+template <uint32_t REGS> __device__ __forceinline__ void setmaxnreg_dec(void)
+{
+    static_assert(REGS % 8 == 0 && REGS >= 24 && REGS <= 256, "setmaxnreg range");
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(REGS));
+}
+
+/* ---- wgmma bookkeeping (PTX: wgmma.fence / commit_group / wait_group) ---------------- */
+
+__device__ __forceinline__ void wgmma_fence(void)
+{
+    asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit(void)
+{
+    asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+}
+template <int PENDING> __device__ __forceinline__ void wgmma_wait(void)
+{
+    static_assert(PENDING >= 0 && PENDING <= 7, "wgmma.wait_group takes 0..7");
+    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(PENDING) : "memory");
+}
+/* Keeps the compiler from moving accesses of an accumulator across wgmma instructions
+ * that read or write it asynchronously. */
+template <int K> __device__ __forceinline__ void fence_accumulators(float (&d)[K])
+{
+#pragma unroll
+    for (int i = 0; i < K; i++)
+        asm volatile("" : "+f"(d[i])::"memory");
+}
+
+/*
+ * Shared-memory matrix descriptor (PTX: Matrix Descriptor Format, 64 bits):
+ *   bits  0-13 start address >> 4
+ *   bits 16-29 leading-dimension byte offset >> 4
+ *   bits 32-45 stride-dimension byte offset >> 4
+ *   bits 62-63 swizzle: 1 = 128B
+ * With the 128B swizzle every operand tile here is made of 1024-byte atoms of 8 rows x
+ * 128 bytes (64 bf16), so the 8-row stride is always 1024 bytes. For K-major operands the
+ * leading offset is unused; for the MN-major V^T view the atom already spans the whole
+ * m64 extent, so the leading offset is unused there too; both are set to 1024.
+ */
+__device__ __forceinline__ uint64_t smem_desc_sw128(uint32_t smem_byte_addr)
+{
+    const uint64_t atom_stride = 1024;
+    return (uint64_t)((smem_byte_addr & 0x3FFFF) >> 4) | ((atom_stride >> 4) << 16) |
+           ((atom_stride >> 4) << 32) | (1ull << 62);
+}
+
+/* ---- math ---------------------------------------------------------------------------- */
+
+/* 2^x with the special-function unit: 2^-inf = +0, which the softmax relies on. */
+__device__ __forceinline__ float fast_exp2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}

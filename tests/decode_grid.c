@@ -1,0 +1,310 @@
+/*
+ * decode_grid.c - see decode_grid.h.
+ */
+#include "decode_grid.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct budget {
+    int64_t row_tokens; /* sum over sequences of (s_q * h_q) * length */
+    int64_t max_tokens; /* total tokens of one case (cache memory) */
+    int32_t long_len;   /* the long-split special cases */
+} budget;
+
+static budget budget_for(int size)
+{
+    if (size == 1)
+        return (budget){30000, 2000, 3000};
+    if (size == 2)
+        return (budget){4000000, 100000, 200000};
+    return (budget){400000, 20000, 40000};
+}
+
+static dg_case *add(dg_list *l, const char *tag, int32_t batch)
+{
+    l->cases = realloc(l->cases, sizeof(dg_case) * (size_t)(l->n + 1));
+    dg_case *c = &l->cases[l->n++];
+    memset(c, 0, sizeof *c);
+    snprintf(c->tag, sizeof c->tag, "%s", tag);
+    c->lens = calloc((size_t)batch, sizeof(int32_t));
+    c->desc.batch = batch;
+    c->desc.lengths = c->lens;
+    c->desc.num_heads_kv = 1;
+    c->desc.seqlen_q = 1;
+    c->desc.page_size = 64;
+    c->desc.dtype = ETAP_DTYPE_BF16;
+    c->num_threads = 2;
+    return c;
+}
+
+/* Scales lengths down (keeping zeros zero and others >= 1) until their sum fits. */
+static void fit(int32_t *lens, int32_t b, int64_t max_total)
+{
+    int64_t sum = 0;
+    for (int32_t i = 0; i < b; i++)
+        sum += lens[i];
+    if (sum <= max_total || sum == 0)
+        return;
+    double f = (double)max_total / (double)sum;
+    for (int32_t i = 0; i < b; i++)
+        if (lens[i] > 0) {
+            int32_t v = (int32_t)((double)lens[i] * f);
+            lens[i] = v < 1 ? 1 : v;
+        }
+}
+
+enum { P_VARLEN, P_BELOW_SQ, P_LONG_SPLIT, P_MANY_SHORT, P_MEDIUM, P_SINGLE, NUM_PROFILES };
+static const char *profile_name[] = {"varlen", "below-sq", "long-split", "many-short", "medium",
+                                     "single"};
+
+/* Lengths of a profile for a total of at most `total` tokens. */
+static int32_t profile_lengths(dg_list *l, tu_rng *r, int p, int32_t sq, int64_t total,
+                               dg_case **out)
+{
+    int32_t b;
+    switch (p) {
+    case P_VARLEN: b = (int32_t)tu_rng_range(r, 6, 10); break;
+    case P_BELOW_SQ: b = 5; break;
+    case P_LONG_SPLIT: b = (int32_t)tu_rng_range(r, 1, 2); break;
+    case P_MANY_SHORT: b = (int32_t)tu_rng_range(r, 64, 96); break;
+    case P_MEDIUM: b = (int32_t)tu_rng_range(r, 3, 5); break;
+    default: b = 1; break;
+    }
+    dg_case *c = add(l, "grid", b);
+    int32_t *len = c->lens;
+    const int32_t special[] = {0, 1, 63, 64, 65, 127, 129, 200, 0, 1000};
+    for (int32_t i = 0; i < b; i++) {
+        switch (p) {
+        case P_VARLEN:
+            len[i] = i == 0 ? sq - 1 : special[tu_rng_range(r, 0, 9)];
+            if (i == b - 1)
+                len[i] = (int32_t)tu_rng_range(r, 1, total / 2 > 1 ? total / 2 : 1);
+            break;
+        case P_BELOW_SQ: len[i] = (int32_t)tu_rng_range(r, 0, sq + 1); break;
+        case P_LONG_SPLIT: {
+            int64_t each = total / b;
+            int64_t v = each - tu_rng_range(r, 1, 63);
+            len[i] = (int32_t)(v < 1 ? 1 : v);
+            break;
+        }
+        case P_MANY_SHORT:
+            len[i] = tu_rng_uniform(r) < 0.2 ? 0 : (int32_t)tu_rng_range(r, 1, 60);
+            break;
+        case P_MEDIUM: len[i] = (int32_t)tu_rng_range(r, 1, total / b > 1 ? total / b : 1); break;
+        default: len[i] = (int32_t)tu_rng_range(r, 1, total < 300 ? total : 300); break;
+        }
+    }
+    fit(len, b, total);
+    *out = c;
+    return b;
+}
+
+void dg_build(dg_list *l, int size, int for_cuda, uint64_t seed)
+{
+    memset(l, 0, sizeof *l);
+    budget bud = budget_for(size);
+    tu_rng r;
+    tu_rng_seed(&r, seed);
+    const int32_t pages[] = {1, 16, 64, 128};
+    const int threads[] = {1, 2, 3, 8};
+    const float scales[] = {ETAP_SOFTMAX_SCALE_DEFAULT, 1.0f / 24.0f, 0.3f, 0.05f, 1.0f};
+    const int32_t heads[] = {1, 8, 16, 32, 64, 128};
+    const int32_t sqc[][2] = {{1, 0}, {2, 0}, {2, 1}, {4, 0}, {4, 1}};
+    int idx = 0;
+
+    for (int dt = 0; dt < 2; dt++)
+        for (int k = 0; k < 5; k++)
+            for (int hi = 0; hi < 6; hi++)
+                for (int32_t hkv = 1; hkv <= 2; hkv++) {
+                    int32_t hq = heads[hi], sq = sqc[k][0];
+                    if (hq % hkv)
+                        continue;
+                    int p = (idx * 5) % NUM_PROFILES;
+                    int64_t total = bud.row_tokens / ((int64_t)sq * hq);
+                    if (total > bud.max_tokens)
+                        total = bud.max_tokens;
+                    if (total < 8)
+                        total = 8;
+                    dg_case *c;
+                    profile_lengths(l, &r, p, sq, total, &c);
+                    snprintf(c->tag, sizeof c->tag, "grid/%s", profile_name[p]);
+                    tu_case_desc *d = &c->desc;
+                    d->seqlen_q = sq;
+                    d->causal = sqc[k][1];
+                    d->num_heads_q = hq;
+                    d->num_heads_kv = hkv;
+                    d->page_size = pages[(idx + idx / 4) % 4];
+                    d->dtype = dt ? ETAP_DTYPE_FP16 : ETAP_DTYPE_BF16;
+                    d->softmax_scale = scales[(idx + idx / 5) % 5];
+                    d->q_layout = (idx / 2) % 3;
+                    d->out_padded = (idx / 3) % 2;
+                    d->kv_padded = (idx / 5) % 2;
+                    d->pad_unit = for_cuda ? 8 : (idx % 2 ? 1 : 8);
+                    d->extra_pages = idx % 4;
+                    d->extra_table_cols = idx % 3;
+                    d->table_stride_pad = (idx / 3) % 2;
+                    d->seed = seed + 7919u * (uint64_t)idx;
+                    c->num_threads = threads[(idx / 3) % 4];
+                    /* a long sequence is only "split across many workers" with several */
+                    if (p == P_LONG_SPLIT && c->num_threads == 1)
+                        c->num_threads = 8;
+                    idx++;
+                }
+
+    /* named special cases */
+    dg_case *c;
+    int32_t L = bud.long_len;
+    c = add(l, "long-split", 1);
+    c->lens[0] = L - 17;
+    c->desc.num_heads_q = 16;
+    c->num_threads = 8;
+
+    c = add(l, "long-split-mtp", 2);
+    c->lens[0] = L / 4 + 5;
+    c->lens[1] = L / 4 - 60;
+    c->desc.dtype = ETAP_DTYPE_FP16;
+    c->desc.seqlen_q = 2;
+    c->desc.causal = 1;
+    c->desc.num_heads_q = 16;
+    c->desc.page_size = 16;
+    c->num_threads = 3;
+
+    c = add(l, "long-split-hq128", 1);
+    c->lens[0] = L / 8 + 3;
+    c->desc.num_heads_q = 128;
+    c->num_threads = 8;
+
+    int32_t nb = size == 1 ? 64 : 128;
+    c = add(l, "many-short", nb);
+    for (int32_t i = 0; i < nb; i++)
+        c->lens[i] = tu_rng_uniform(&r) < 0.2 ? 0 : (int32_t)tu_rng_range(&r, 1, 80);
+    c->desc.num_heads_q = 16;
+    c->desc.out_padded = 1;
+    c->num_threads = 2;
+
+    nb = size == 1 ? 32 : 96;
+    c = add(l, "many-short-hq128-mtp", nb);
+    for (int32_t i = 0; i < nb; i++)
+        c->lens[i] = (int32_t)tu_rng_range(&r, 0, 30);
+    c->desc.dtype = ETAP_DTYPE_FP16;
+    c->desc.seqlen_q = 2;
+    c->desc.causal = 1;
+    c->desc.num_heads_q = 128;
+    c->num_threads = 3;
+
+    c = add(l, "all-zero", 3);
+    c->desc.seqlen_q = 2;
+    c->desc.causal = 1;
+    c->desc.num_heads_q = 16;
+
+    c = add(l, "below-sq", 6);
+    for (int32_t i = 0; i < 6; i++)
+        c->lens[i] = i;
+    c->desc.dtype = ETAP_DTYPE_FP16;
+    c->desc.seqlen_q = 4;
+    c->desc.causal = 1;
+    c->desc.num_heads_q = 8;
+    c->desc.num_heads_kv = 2;
+    c->desc.page_size = 1;
+
+    const float sc[] = {8.0f, 100.0f, 1e-4f};
+    const char *scn[] = {"scale-peaky-8", "scale-huge-100", "scale-tiny-1e-4"};
+    for (int i = 0; i < 3; i++)
+        for (int dt = 0; dt < 2; dt++) {
+            c = add(l, scn[i], 3);
+            c->lens[0] = size == 1 ? 50 : 100;
+            c->lens[1] = size == 1 ? 300 : 1000;
+            c->lens[2] = 37;
+            c->desc.num_heads_q = 16;
+            c->desc.softmax_scale = sc[i];
+            c->desc.dtype = dt ? ETAP_DTYPE_FP16 : ETAP_DTYPE_BF16;
+            c->num_threads = 3;
+        }
+
+    c = add(l, "big-values", 3);
+    c->lens[0] = 200;
+    c->lens[1] = 65;
+    c->lens[2] = 1;
+    c->desc.num_heads_q = 8;
+    c->desc.q_std = 1.0;
+    c->desc.kv_std = 2.0;
+
+    c = add(l, "fp16-large-magnitude", 2);
+    c->lens[0] = 150;
+    c->lens[1] = 64;
+    c->desc.dtype = ETAP_DTYPE_FP16;
+    c->desc.num_heads_q = 8;
+    c->desc.kv_std = 300.0;
+    c->desc.softmax_scale = 1e-4f;
+
+    c = add(l, "group-size-1", 4);
+    for (int32_t i = 0; i < 4; i++)
+        c->lens[i] = 50 + 37 * i;
+    c->desc.seqlen_q = 4;
+    c->desc.num_heads_q = 2;
+    c->desc.num_heads_kv = 2;
+    c->desc.page_size = 128;
+
+    c = add(l, "page-1-long", 2);
+    c->lens[0] = size == 1 ? 700 : 3000;
+    c->lens[1] = size == 1 ? 300 : 1001;
+    c->desc.num_heads_q = 8;
+    c->desc.page_size = 1;
+    c->desc.kv_padded = 1;
+    c->num_threads = 8;
+
+    c = add(l, "one-thread", 5);
+    for (int32_t i = 0; i < 5; i++)
+        c->lens[i] = i == 2 ? 0 : 100 * i + 3;
+    c->desc.num_heads_q = 32;
+    c->desc.seqlen_q = 2;
+    c->num_threads = 1;
+
+    if (for_cuda) {
+        nb = size == 1 ? 512 : 4096;
+        c = add(l, "cuda-b4096-short", nb);
+        for (int32_t i = 0; i < nb; i++)
+            c->lens[i] = tu_rng_uniform(&r) < 0.1 ? 0 : (int32_t)tu_rng_range(&r, 1, 64);
+        c->desc.num_heads_q = 16;
+
+        c = add(l, "cuda-b1-256K", 1);
+        c->lens[0] = size == 1 ? 32768 : 262144;
+        c->desc.num_heads_q = 16;
+
+        c = add(l, "cuda-b1-256K-hq64", 1);
+        c->lens[0] = size == 1 ? 32768 - 5 : 262144 - 5;
+        c->desc.num_heads_q = 64;
+        c->desc.dtype = ETAP_DTYPE_FP16;
+
+        nb = size == 1 ? 16 : 128;
+        c = add(l, "cuda-b128-mtp", nb);
+        for (int32_t i = 0; i < nb; i++)
+            c->lens[i] = (int32_t)tu_rng_range(&r, 500, 5000);
+        c->desc.seqlen_q = 2;
+        c->desc.causal = 1;
+        c->desc.num_heads_q = 32;
+
+        nb = size == 1 ? 8 : 64;
+        c = add(l, "cuda-b64-hq64", nb);
+        for (int32_t i = 0; i < nb; i++)
+            c->lens[i] = (int32_t)tu_rng_range(&r, 0, 8192);
+        c->desc.num_heads_q = 64;
+    }
+
+    /* seeds of the special cases */
+    for (int i = idx; i < l->n; i++)
+        l->cases[i].desc.seed = seed + 104729u * (uint64_t)i;
+    if (!for_cuda)
+        for (int i = idx; i < l->n; i++)
+            l->cases[i].desc.pad_unit = 8;
+}
+
+void dg_free(dg_list *l)
+{
+    for (int i = 0; i < l->n; i++)
+        free(l->cases[i].lens);
+    free(l->cases);
+    memset(l, 0, sizeof *l);
+}

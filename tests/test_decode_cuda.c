@@ -1,0 +1,318 @@
+/*
+ * test_decode_cuda.c - numerics of the CUDA backend against the double-precision
+ * reference, on the same adversarial grid as test_decode_cpu (decode_grid.c, with paddings
+ * kept to multiples of 16 bytes) plus larger cases (b = 4096 short sequences, b = 1 with
+ * 256K tokens, ...).
+ *
+ *   - every plan the device computes is compared word for word with the host builder's
+ *     plan for the same lengths (and with etap_plan() on a CPU handle whenever one can have
+ *     the same worker count);
+ *   - a shape the backend refuses must come back as exactly ETAP_ERR_UNSUPPORTED with a
+ *     message that says "unsupported"/"not supported"; it is counted apart, never as a
+ *     numeric pass, and a refusal inside FlashMLA's envelope (page size 64, at most 64
+ *     query rows per KV head) is a failure;
+ *   - a plan made from an invalid length is marked invalid and turns every output into NaN;
+ *   - the workspace starts full of NaN, out / lse are poisoned, unused cache slots are NaN
+ *     and unused block table entries are out-of-range garbage.
+ * Without a CUDA device it prints "skipped: no CUDA device" and exits with 77.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime_api.h>
+
+#include "cuda_util.h"
+#include "decode_grid.h"
+#include "etap.h"
+#include "internal.h" /* etap_plan_build(): the host plan, word for word */
+#include "plan_check.h"
+#include "test_util.h"
+
+static tu_tally T;
+static int numeric_passes;
+
+static int cuda_ok(cudaError_t e, const char *what)
+{
+    if (e == cudaSuccess)
+        return 1;
+    tu_fail(&T, "%s: CUDA error %s (%s)", what, cudaGetErrorName(e), cudaGetErrorString(e));
+    return 0;
+}
+
+/* A sticky CUDA error (a kernel fault) leaves the context unusable: stop there. */
+static void abort_if_sticky(void)
+{
+    cudaError_t e = cudaDeviceSynchronize();
+    if (e != cudaSuccess) {
+        tu_fail(&T, "the CUDA context is unusable after %s (%s): stopping", cudaGetErrorName(e),
+                cudaGetErrorString(e));
+        exit(tu_finish(&T));
+    }
+}
+
+static int says_unsupported(const char *msg)
+{
+    return tu_contains(msg, "unsupported") || tu_contains(msg, "not supported");
+}
+
+/* A refusal: counted apart when legitimate, a failure otherwise. */
+static void refused(const char *label, const char *where, const char *msg, int in_envelope)
+{
+    if (in_envelope)
+        tu_fail(&T, "%s: %s refused a shape inside FlashMLA's envelope (page size 64, <= 64 rows "
+                    "per KV head): %s",
+                label, where, msg);
+    else if (!says_unsupported(msg))
+        tu_fail(&T, "%s: %s returned ETAP_ERR_UNSUPPORTED, but the message does not say "
+                    "unsupported: \"%s\"",
+                label, where, msg);
+    else {
+        T.unsupported++;
+        printf("UNSUPPORTED (expected) %s: %s: %s\n", label, where, msg);
+        fflush(stdout);
+    }
+}
+
+/* Host plan for the same lengths / worker count, and the public CPU path when a CPU handle
+ * can have that many workers (4 per thread). Returns 1 when the device plan matches. */
+static int compare_plan(const int32_t *dev, const tu_case *c, int32_t w, char *msg, size_t n)
+{
+    const etap_mla_shape *sh = &c->args.shape;
+    int64_t cap = (int64_t)sh->max_pages_per_seq * sh->page_size;
+    int32_t max_len = cap > INT32_MAX ? INT32_MAX : (int32_t)cap;
+    int64_t words = pc_plan_words(sh->batch, w);
+    int32_t *ref = malloc(sizeof(int32_t) * (size_t)words);
+    etap_plan_build(sh->batch, w, max_len, c->lengths, ref);
+    int64_t first = -1;
+    for (int64_t i = 0; i < words && first < 0; i++)
+        if (dev[i] != ref[i])
+            first = i;
+    int ok = first < 0;
+    if (!ok)
+        snprintf(msg, n, "device plan word %lld is %d, the host plan has %d", (long long)first,
+                 (int)dev[first], (int)ref[first]);
+    if (ok && !pc_verify(dev, sh->batch, w, max_len, c->lengths, NULL, msg, n))
+        ok = 0;
+    if (ok && w % 4 == 0 && w / 4 <= 1024 && w / 4 >= 2) {
+        etap_handle cpu = NULL;
+        etap_options o = {ETAP_BACKEND_CPU, 0, w / 4};
+        size_t pb = 0;
+        int32_t cw = 0;
+        if (etap_create(&cpu, &o) == ETAP_OK && etap_get_num_workers(cpu, sh, &cw) == ETAP_OK &&
+            cw == w && etap_plan_size(cpu, sh, &pb) == ETAP_OK) {
+            int32_t *hp = malloc(pb);
+            if (etap_plan(cpu, sh, c->lengths, hp, pb, NULL) == ETAP_OK &&
+                memcmp(hp, dev, pb) != 0) {
+                snprintf(msg, n, "device plan differs from etap_plan() on a CPU handle with %d "
+                                 "workers", (int)w);
+                ok = 0;
+            }
+            free(hp);
+        }
+        etap_destroy(cpu);
+    }
+    free(ref);
+    return ok;
+}
+
+static void run_case(etap_handle h, const dg_case *dc, cudaStream_t stream)
+{
+    tu_case c;
+    char desc[320], label[400], msg[512];
+    if (tu_case_build(&c, &dc->desc) != 0) {
+        tu_fail(&T, "[%s] out of memory building the case", dc->tag);
+        return;
+    }
+    tu_case_describe(&c, desc, sizeof desc);
+    snprintf(label, sizeof label, "[%s] %s%s", dc->tag, desc, stream ? " stream" : "");
+    const etap_mla_shape *sh = &c.args.shape;
+    const int32_t rows = sh->seqlen_q * (sh->num_heads_q / sh->num_heads_kv);
+    const int in_envelope = sh->page_size == 64 && rows <= 64;
+
+    cu_case d;
+    void *dplan = NULL, *dws = NULL;
+    size_t pb = 0, wb = 0;
+    int32_t w = 0;
+    if (etap_plan_size(h, sh, &pb) != ETAP_OK || etap_workspace_size(h, sh, &wb) != ETAP_OK ||
+        etap_get_num_workers(h, sh, &w) != ETAP_OK) {
+        tu_fail(&T, "%s: size queries failed: %s", label, etap_last_error_message());
+        tu_case_free(&c);
+        return;
+    }
+    if (cu_case_upload(&d, &c) != 0 || cu_malloc(&dplan, pb, "cudaMalloc(plan)") != 0 ||
+        cu_malloc(&dws, wb, "cudaMalloc(workspace)") != 0) {
+        tu_fail(&T, "%s: device buffers", label);
+        goto done;
+    }
+    cudaMemset(dws, 0xFF, wb); /* NaN: nothing may be read before it is written */
+    cudaMemset(dplan, 0xAB, pb);
+    tu_case_reference(&c);
+
+    etap_status st = etap_plan(h, sh, d.args.cache_seqlens, dplan, pb, stream);
+    if (st == ETAP_ERR_UNSUPPORTED) {
+        refused(label, "etap_plan", etap_last_error_message(), 0);
+        goto done;
+    }
+    if (st != ETAP_OK) {
+        tu_fail(&T, "%s: etap_plan: %s: %s", label, etap_status_string(st), etap_last_error_message());
+        goto done;
+    }
+    st = etap_plan_check(h, dplan, pb, stream);
+    if (st != ETAP_OK) {
+        tu_fail(&T, "%s: etap_plan_check: %s: %s", label, etap_status_string(st),
+                etap_last_error_message());
+        abort_if_sticky();
+        goto done;
+    }
+    int32_t *hplan = malloc(pb);
+    int plan_ok = cu_download(hplan, dplan, pb, "download plan") == 0 &&
+                  compare_plan(hplan, &c, w, msg, sizeof msg);
+    free(hplan);
+    if (!plan_ok) {
+        tu_fail(&T, "%s W=%d: %s", label, (int)w, msg);
+        goto done;
+    }
+
+    double t0 = tu_now();
+    st = etap_decode(h, &d.args, dplan, pb, dws, wb, stream);
+    if (st == ETAP_ERR_UNSUPPORTED) {
+        refused(label, "etap_decode", etap_last_error_message(), in_envelope);
+        goto done;
+    }
+    if (st != ETAP_OK) {
+        tu_fail(&T, "%s: etap_decode: %s: %s", label, etap_status_string(st),
+                etap_last_error_message());
+        goto done;
+    }
+    if (!cuda_ok(cudaStreamSynchronize(stream), label)) {
+        abort_if_sticky();
+        goto done;
+    }
+    double t1 = tu_now();
+    if (cu_case_download(&d, &c) != 0) {
+        tu_fail(&T, "%s: download", label);
+        goto done;
+    }
+    if (tu_case_check(&c, c.out, c.lse, msg, sizeof msg)) {
+        numeric_passes++;
+        tu_pass(&T, "%s W=%d %.4fs: %s", label, (int)w, t1 - t0, msg);
+    } else {
+        tu_fail(&T, "%s W=%d: %s", label, (int)w, msg);
+    }
+done:
+    cu_free(dplan);
+    cu_free(dws);
+    cu_case_free(&d);
+    tu_case_free(&c);
+}
+
+/* A plan made from an invalid length is marked invalid; decoding with it gives NaN in
+ * every element of out and lse (etap.h). */
+static void test_invalid_length(etap_handle h)
+{
+    for (int v = 0; v < 2; v++) {
+        int32_t lens[3] = {100, 64, 7};
+        tu_case_desc dsc = {0};
+        dsc.batch = 3;
+        dsc.seqlen_q = 1;
+        dsc.num_heads_q = 16;
+        dsc.num_heads_kv = 1;
+        dsc.page_size = 64;
+        dsc.dtype = ETAP_DTYPE_BF16;
+        dsc.lengths = lens;
+        dsc.seed = 99 + (uint64_t)v;
+        tu_case c;
+        cu_case d;
+        if (tu_case_build(&c, &dsc) != 0 || cu_case_upload(&d, &c) != 0) {
+            tu_fail(&T, "[invalid-length] setup");
+            return;
+        }
+        const etap_mla_shape *sh = &c.args.shape;
+        int32_t bad = v == 0 ? -1 : sh->max_pages_per_seq * sh->page_size + 1;
+        cu_upload((int32_t *)d.lens + 1, &bad, 4, "upload bad length");
+        size_t pb = 0, wb = 0;
+        etap_plan_size(h, sh, &pb);
+        etap_workspace_size(h, sh, &wb);
+        void *dplan = NULL, *dws = NULL;
+        cu_malloc(&dplan, pb, "cudaMalloc(plan)");
+        cu_malloc(&dws, wb, "cudaMalloc(ws)");
+        etap_status st = etap_plan(h, sh, d.args.cache_seqlens, dplan, pb, NULL);
+        etap_status chk = etap_plan_check(h, dplan, pb, NULL);
+        char chk_msg[512];
+        snprintf(chk_msg, sizeof chk_msg, "%s", etap_last_error_message());
+        etap_status dec = st == ETAP_OK ? etap_decode(h, &d.args, dplan, pb, dws, wb, NULL) : st;
+        int synced = cuda_ok(cudaDeviceSynchronize(), "[invalid-length] sync");
+        int all_nan = 0;
+        if (dec == ETAP_OK && synced && cu_case_download(&d, &c) == 0) {
+            all_nan = 1;
+            for (int32_t b = 0; b < 3; b++)
+                for (int32_t hh = 0; hh < 16; hh++) {
+                    const uint16_t *row = c.out + b * c.args.out_stride_batch + hh * c.args.out_stride_head;
+                    for (int e = 0; e < 512; e++)
+                        all_nan &= isnan(tu_half_to_float(sh->dtype, row[e])) &&
+                                   row[e] != tu_half_poison(sh->dtype);
+                    float l = c.lse[b * 16 + hh];
+                    uint32_t lb;
+                    memcpy(&lb, &l, 4);
+                    all_nan &= isnan(l) && lb != TU_LSE_POISON_BITS;
+                }
+        }
+        const char *want = v == 0 ? "cache_seqlens[1] is -1" : "cache_seqlens[1] is";
+        if (st == ETAP_OK && chk == ETAP_ERR_INVALID_ARGUMENT && tu_contains(chk_msg, want) &&
+            dec == ETAP_OK && all_nan)
+            tu_pass(&T, "[invalid-length] %s: plan marked invalid (\"%s\"), every output NaN",
+                    v == 0 ? "negative" : "too long", chk_msg);
+        else
+            tu_fail(&T, "[invalid-length] %s: plan %s, check %s (\"%s\"), decode %s, all NaN %d",
+                    v == 0 ? "negative" : "too long", etap_status_string(st),
+                    etap_status_string(chk), chk_msg, etap_status_string(dec), all_nan);
+        cu_free(dplan);
+        cu_free(dws);
+        cu_case_free(&d);
+        tu_case_free(&c);
+    }
+}
+
+int main(void)
+{
+    if (!cu_device_available())
+        return 77;
+    etap_handle h = NULL;
+    etap_options o = {ETAP_BACKEND_CUDA, 0, 0};
+    etap_status st = etap_create(&h, &o);
+    if (st == ETAP_ERR_NO_DEVICE) {
+        printf("skipped: no CUDA device etap can use: %s\n", etap_last_error_message());
+        return 77;
+    }
+    if (st != ETAP_OK) {
+        tu_fail(&T, "etap_create(CUDA): %s: %s", etap_status_string(st), etap_last_error_message());
+        return tu_finish(&T);
+    }
+    etap_backend be = ETAP_BACKEND_AUTO;
+    etap_get_backend(h, &be);
+    if (be != ETAP_BACKEND_CUDA)
+        tu_fail(&T, "a CUDA handle reports backend %d", (int)be);
+
+    int size = tu_test_size();
+    uint64_t seed = tu_seed(0xE7A90001ull);
+    printf("test_decode_cuda: size %s, seed 0x%llx\n",
+           size == 1 ? "small" : size == 2 ? "large" : "default", (unsigned long long)seed);
+    cudaStream_t stream = NULL;
+    cuda_ok(cudaStreamCreate(&stream), "cudaStreamCreate");
+    double t0 = tu_now();
+    dg_list g;
+    dg_build(&g, size, 1, seed);
+    for (int i = 0; i < g.n; i++)
+        run_case(h, &g.cases[i], (i % 3 == 2) ? stream : NULL); /* some on a created stream */
+    dg_free(&g);
+    test_invalid_length(h);
+    if (numeric_passes == 0)
+        tu_fail(&T, "no case ran through the numeric check");
+    cudaStreamDestroy(stream);
+    etap_destroy(h);
+    printf("total %.1f s\n", tu_now() - t0);
+    return tu_finish(&T);
+}

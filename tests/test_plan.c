@@ -1,0 +1,427 @@
+/*
+ * test_plan.c - the split-KV plan: every plan etap_plan() writes is verified word by word
+ * against the model (plan_check.c: exactly-once tile coverage in order, worker ownership
+ * of units, split_offset / first_worker, the b + W split bound, the balance bound, the
+ * header), over many length distributions and worker counts.
+ *
+ *   - public API: CPU handles with 1, 2, 3, 8 and 33 threads (1, 8, 12, 32, 132 workers);
+ *     the plan must also leave the bytes after it untouched and match the internal host
+ *     builder etap_plan_build() (compiled in from src/plan.c) word for word;
+ *   - the internal builder with worker counts the CPU handles do not give (78, 1024, ...),
+ *     quotas above 2^32 and invalid lengths (the header's status words);
+ *   - with a CUDA device (library built with CUDA): the device plan equals the host plan
+ *     word for word on the same lengths, and invalid lengths mark the device plan invalid.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "etap.h"
+#include "internal.h" /* etap_plan_build(): the host builder, for arbitrary worker counts */
+#include "plan_check.h"
+#include "test_util.h"
+
+#if defined(ETAP_WITH_CUDA)
+#include "cuda_util.h"
+#endif
+
+static tu_tally T;
+
+typedef struct lenset {
+    char name[96];
+    int32_t batch;
+    int32_t *lens;
+    int32_t max_len; /* multiple of 64 */
+} lenset;
+
+static lenset *sets;
+static int num_sets;
+
+static int32_t *add_set(const char *name, int32_t batch, int32_t max_len)
+{
+    sets = realloc(sets, sizeof(lenset) * (size_t)(num_sets + 1));
+    lenset *s = &sets[num_sets++];
+    snprintf(s->name, sizeof s->name, "%s", name);
+    s->batch = batch;
+    s->lens = calloc((size_t)batch, sizeof(int32_t));
+    s->max_len = max_len;
+    return s->lens;
+}
+
+static void make_sets(void)
+{
+    tu_rng r;
+    tu_rng_seed(&r, tu_seed(0x91a2));
+    int32_t *l;
+    l = add_set("b=8 mixed {0,1,63,64,65,128,0,1000}", 8, 4096);
+    const int32_t mixed[8] = {0, 1, 63, 64, 65, 128, 0, 1000};
+    memcpy(l, mixed, sizeof mixed);
+    add_set("b=5 all zero", 5, 640);
+    add_set("b=1 len 0", 1, 64);
+    l = add_set("b=1 len 1", 1, 64);
+    l[0] = 1;
+    l = add_set("b=1 len 1M", 1, 1 << 20);
+    l[0] = 1 << 20;
+    l = add_set("b=1 len 1M-1", 1, 1 << 20);
+    l[0] = (1 << 20) - 1;
+    l = add_set("b=4096 random [0, 20000], 10% zero", 4096, 20032);
+    for (int i = 0; i < 4096; i++)
+        l[i] = tu_rng_uniform(&r) < 0.1 ? 0 : (int32_t)tu_rng_range(&r, 1, 20000);
+    l = add_set("b=64 short [0, 100]", 64, 128);
+    for (int i = 0; i < 64; i++)
+        l[i] = (int32_t)tu_rng_range(&r, 0, 100);
+    l = add_set("b=3 x 100K", 3, 100032);
+    for (int i = 0; i < 3; i++)
+        l[i] = 100000 + i;
+    l = add_set("b=33: one 500K, 32 short", 33, 500032);
+    l[0] = 500000;
+    for (int i = 1; i < 33; i++)
+        l[i] = (int32_t)tu_rng_range(&r, 0, 300);
+    l = add_set("b=17 all at max_len", 17, 4096);
+    for (int i = 0; i < 17; i++)
+        l[i] = 4096;
+    l = add_set("b=1000 all exactly 64", 1000, 64);
+    for (int i = 0; i < 1000; i++)
+        l[i] = 64;
+    l = add_set("b=300 all 1 token", 300, 64);
+    for (int i = 0; i < 300; i++)
+        l[i] = 1;
+    l = add_set("b=128 trailing zeros", 128, 8192);
+    for (int i = 0; i < 64; i++)
+        l[i] = (int32_t)tu_rng_range(&r, 1, 8192);
+    l = add_set("b=128 leading zeros", 128, 8192);
+    for (int i = 64; i < 128; i++)
+        l[i] = (int32_t)tu_rng_range(&r, 1, 8192);
+    for (int k = 0; k < 40; k++) {
+        char name[96];
+        int32_t b = (int32_t)tu_rng_range(&r, 1, k < 20 ? 40 : 600);
+        int kind = k % 4;
+        int32_t mx = kind == 0 ? 200 : kind == 1 ? 5000 : kind == 2 ? 70000 : 2000;
+        snprintf(name, sizeof name, "random #%d b=%d %s", k, (int)b,
+                 kind == 0 ? "short" : kind == 1 ? "medium" : kind == 2 ? "long" : "bimodal");
+        l = add_set(name, b, (mx + 63) / 64 * 64 + 64 * (int32_t)(k % 3));
+        for (int i = 0; i < b; i++) {
+            double u = tu_rng_uniform(&r);
+            if (u < 0.15)
+                l[i] = 0;
+            else if (kind == 3)
+                l[i] = u < 0.6 ? (int32_t)tu_rng_range(&r, 1, 64) : (int32_t)tu_rng_range(&r, 1500, mx);
+            else
+                l[i] = (int32_t)tu_rng_range(&r, 1, mx);
+        }
+    }
+}
+
+static etap_mla_shape shape_for(const lenset *s)
+{
+    etap_mla_shape sh = {s->batch, 1, 16, 1, 576, 512, 64, 1 << 30, s->max_len / 64,
+                         ETAP_DTYPE_BF16, 0};
+    return sh;
+}
+
+/* ------------------------------------------------------------------------------------ */
+
+static void test_public(void)
+{
+    const int threads[] = {1, 2, 3, 8, 33};
+    for (size_t ti = 0; ti < sizeof threads / sizeof threads[0]; ti++) {
+        etap_handle h = NULL;
+        etap_options o = {ETAP_BACKEND_CPU, 0, threads[ti]};
+        if (etap_create(&h, &o) != ETAP_OK) {
+            tu_fail(&T, "create CPU handle with %d threads: %s", threads[ti],
+                    etap_last_error_message());
+            continue;
+        }
+        for (int si = 0; si < num_sets; si++) {
+            const lenset *s = &sets[si];
+            etap_mla_shape sh = shape_for(s);
+            int32_t w = 0;
+            size_t pb = 0;
+            if (etap_get_num_workers(h, &sh, &w) != ETAP_OK ||
+                etap_plan_size(h, &sh, &pb) != ETAP_OK) {
+                tu_fail(&T, "plan %s: size query failed: %s", s->name, etap_last_error_message());
+                continue;
+            }
+            int64_t words = pc_plan_words(s->batch, w);
+            if ((int64_t)pb != 4 * words) {
+                tu_fail(&T, "plan %s W=%d: etap_plan_size %zu, format says %lld words", s->name,
+                        (int)w, pb, (long long)words);
+                continue;
+            }
+            /* guard bytes after the plan must survive */
+            unsigned char *buf = malloc(pb + 256);
+            memset(buf, 0xCD, pb + 256);
+            int32_t *plan = (int32_t *)(void *)buf;
+            etap_status st = etap_plan(h, &sh, s->lens, plan, pb, NULL);
+            char msg[512];
+            if (st != ETAP_OK) {
+                tu_fail(&T, "plan %s W=%d: %s", s->name, (int)w, etap_last_error_message());
+                free(buf);
+                continue;
+            }
+            int guard_ok = 1;
+            for (size_t i = pb; i < pb + 256; i++)
+                guard_ok &= buf[i] == 0xCD;
+            int ok = pc_verify(plan, s->batch, w, s->max_len, s->lens, NULL, msg, sizeof msg);
+            int32_t *ref = malloc(pb);
+            etap_plan_build(s->batch, w, s->max_len, s->lens, ref);
+            int same = memcmp(ref, plan, pb) == 0;
+            int check = etap_plan_check(h, plan, pb, NULL) == ETAP_OK;
+            /* same lengths, same words (no hidden state) */
+            int32_t *again = malloc(pb);
+            memset(again, 0x5A, pb);
+            etap_plan(h, &sh, s->lens, again, pb, NULL);
+            int repeat = memcmp(again, plan, pb) == 0;
+            if (ok && guard_ok && same && check && repeat)
+                tu_pass(&T, "plan %s W=%d: %s", s->name, (int)w, msg);
+            else
+                tu_fail(&T, "plan %s W=%d: %s%s%s%s%s", s->name, (int)w, ok ? "" : msg,
+                        guard_ok ? "" : "; wrote past plan_bytes",
+                        same ? "" : "; differs from etap_plan_build()",
+                        check ? "" : "; etap_plan_check() rejects it",
+                        repeat ? "" : "; a second etap_plan() gave other words");
+            free(again);
+            free(ref);
+            free(buf);
+        }
+        /* invalid lengths are refused on the host */
+        int32_t bad[3] = {10, -1, 5};
+        lenset s = {"", 3, bad, 640};
+        etap_mla_shape sh = shape_for(&s);
+        int32_t plan[1024];
+        etap_status st = etap_plan(h, &sh, bad, plan, sizeof plan, NULL);
+        if (st == ETAP_ERR_INVALID_ARGUMENT && tu_contains(etap_last_error_message(), "cache_seqlens[1]"))
+            tu_pass(&T, "plan: negative length refused on the host (%d threads)", threads[ti]);
+        else
+            tu_fail(&T, "plan: negative length: %s (%s)", etap_status_string(st),
+                    etap_last_error_message());
+        etap_destroy(h);
+    }
+}
+
+static void test_builder(void)
+{
+    const int32_t workers[] = {1, 2, 5, 78, 132, 1024, 5000};
+    char msg[512];
+    for (size_t wi = 0; wi < sizeof workers / sizeof workers[0]; wi++) {
+        int32_t w = workers[wi];
+        int passed = 0;
+        for (int si = 0; si < num_sets; si++) {
+            const lenset *s = &sets[si];
+            int32_t *plan = malloc(sizeof(int32_t) * (size_t)pc_plan_words(s->batch, w));
+            etap_plan_build(s->batch, w, s->max_len, s->lens, plan);
+            if (pc_verify(plan, s->batch, w, s->max_len, s->lens, NULL, msg, sizeof msg))
+                passed++;
+            else
+                tu_fail(&T, "builder %s W=%d: %s", s->name, (int)w, msg);
+            free(plan);
+        }
+        if (passed == num_sets)
+            tu_pass(&T, "builder: all %d length sets with W=%d", num_sets, (int)w);
+    }
+
+    /* quota above 2^32: 4096 sequences of ~INT32_MAX tokens (2^37 tile units) */
+    for (int wi = 0; wi < 2; wi++) {
+        int32_t b = 4096, w = wi ? 132 : 8;
+        int32_t *lens = malloc(sizeof(int32_t) * (size_t)b);
+        for (int i = 0; i < b; i++)
+            lens[i] = INT32_MAX - i;
+        int32_t *plan = malloc(sizeof(int32_t) * (size_t)pc_plan_words(b, w));
+        etap_plan_build(b, w, INT32_MAX, lens, plan);
+        pc_stats st;
+        int ok = pc_verify(plan, b, w, INT32_MAX, lens, &st, msg, sizeof msg);
+        if (ok && (w == 132 || st.quota > ((int64_t)1 << 32)))
+            tu_pass(&T, "builder: 4096 x ~INT32_MAX tokens, W=%d: %s", (int)w, msg);
+        else
+            tu_fail(&T, "builder: 4096 x ~INT32_MAX tokens, W=%d: %s (quota %lld)", (int)w, msg,
+                    (long long)st.quota);
+        free(plan);
+        free(lens);
+    }
+
+    /* invalid lengths: counted as empty, the first one (by index) reported */
+    {
+        int32_t lens[6] = {100, 5000, -5, 70, 99999, -1};
+        int32_t w = 4;
+        int32_t plan[64];
+        etap_plan_build(6, w, 4096, lens, plan);
+        int ok = pc_verify(plan, 6, w, 4096, lens, NULL, msg, sizeof msg);
+        if (ok && plan[9] == 2 && plan[10] == 1 && plan[11] == 5000)
+            tu_pass(&T, "builder: invalid lengths: header status TOO_LONG, seq 1, len 5000 (%s)", msg);
+        else
+            tu_fail(&T, "builder: invalid lengths: status %d seq %d len %d (%s)", (int)plan[9],
+                    (int)plan[10], (int)plan[11], msg);
+        lens[1] = 10;
+        etap_plan_build(6, w, 4096, lens, plan);
+        ok = pc_verify(plan, 6, w, 4096, lens, NULL, msg, sizeof msg);
+        if (ok && plan[9] == 1 && plan[10] == 2 && plan[11] == -5)
+            tu_pass(&T, "builder: invalid lengths: header status NEGATIVE, seq 2, len -5 (%s)", msg);
+        else
+            tu_fail(&T, "builder: invalid lengths: status %d seq %d len %d (%s)", (int)plan[9],
+                    (int)plan[10], (int)plan[11], msg);
+        /* a plan marked invalid is refused by etap_plan_check on the host */
+        etap_handle h = NULL;
+        etap_options o = {ETAP_BACKEND_CPU, 0, 1};
+        etap_create(&h, &o);
+        etap_status st = etap_plan_check(h, plan, sizeof plan, NULL);
+        if (st == ETAP_ERR_INVALID_ARGUMENT &&
+            tu_contains(etap_last_error_message(), "cache_seqlens[2] is -5"))
+            tu_pass(&T, "plan_check: reads the invalid mark (%s)", etap_last_error_message());
+        else
+            tu_fail(&T, "plan_check: invalid mark: %s (%s)", etap_status_string(st),
+                    etap_last_error_message());
+        etap_destroy(h);
+    }
+
+    /* the verifier itself must reject broken plans */
+    {
+        const lenset *s = &sets[0]; /* b=8 mixed */
+        int32_t w = 5;
+        int64_t words = pc_plan_words(s->batch, w);
+        int32_t *plan = malloc(sizeof(int32_t) * (size_t)words);
+        int32_t *bad = malloc(sizeof(int32_t) * (size_t)words);
+        etap_plan_build(s->batch, w, s->max_len, s->lens, plan);
+        int caught = 0, tried = 0;
+        for (int64_t i = 0; i < words; i++) {
+            if (i >= 13 && i < 16)
+                continue; /* reserved words: covered by the zero check below */
+            for (int delta = -1; delta <= 1; delta += 2) {
+                memcpy(bad, plan, sizeof(int32_t) * (size_t)words);
+                bad[i] += delta;
+                /* a change of an idle worker's record may still describe an idle worker */
+                int64_t wi = i - 16;
+                if (wi >= 0 && wi < 4 * w) {
+                    const int32_t *r = plan + 16 + (wi / 4) * 4;
+                    if (r[2] < r[0])
+                        continue;
+                }
+                tried++;
+                caught += !pc_verify(bad, s->batch, w, s->max_len, s->lens, NULL, msg, sizeof msg);
+            }
+        }
+        memcpy(bad, plan, sizeof(int32_t) * (size_t)words);
+        bad[14] = 1;
+        tried++;
+        caught += !pc_verify(bad, s->batch, w, s->max_len, s->lens, NULL, msg, sizeof msg);
+        if (caught == tried)
+            tu_pass(&T, "verifier: catches all %d single-word corruptions of a plan", tried);
+        else
+            tu_fail(&T, "verifier: caught only %d of %d single-word corruptions", caught, tried);
+        free(plan);
+        free(bad);
+    }
+}
+
+#if defined(ETAP_WITH_CUDA)
+static void test_device(void)
+{
+    if (!cu_device_available()) {
+        T.skipped++;
+        return;
+    }
+    etap_handle h = NULL;
+    etap_options o = {ETAP_BACKEND_CUDA, 0, 0};
+    if (etap_create(&h, &o) != ETAP_OK) {
+        tu_fail(&T, "device plan: etap_create(CUDA): %s", etap_last_error_message());
+        return;
+    }
+    char msg[512];
+    for (int si = 0; si < num_sets; si++) {
+        const lenset *s = &sets[si];
+        etap_mla_shape sh = shape_for(s);
+        int32_t w = 0;
+        size_t pb = 0;
+        etap_get_num_workers(h, &sh, &w);
+        etap_plan_size(h, &sh, &pb);
+        void *dlens = NULL, *dplan = NULL;
+        int32_t *host = malloc(pb), *ref = malloc(pb);
+        if (cu_malloc(&dlens, (size_t)s->batch * 4, "cudaMalloc(lens)") ||
+            cu_malloc(&dplan, pb, "cudaMalloc(plan)") ||
+            cu_upload(dlens, s->lens, (size_t)s->batch * 4, "upload lens")) {
+            tu_fail(&T, "device plan %s: CUDA setup failed", s->name);
+        } else {
+            etap_status st = etap_plan(h, &sh, (const int32_t *)dlens, dplan, pb, NULL);
+            etap_status chk = st == ETAP_OK ? etap_plan_check(h, dplan, pb, NULL) : st;
+            if (st != ETAP_OK || chk != ETAP_OK || cu_download(host, dplan, pb, "download plan")) {
+                tu_fail(&T, "device plan %s W=%d: %s / %s: %s", s->name, (int)w,
+                        etap_status_string(st), etap_status_string(chk), etap_last_error_message());
+            } else {
+                etap_plan_build(s->batch, w, s->max_len, s->lens, ref);
+                int64_t words = pc_plan_words(s->batch, w), first = -1;
+                for (int64_t i = 0; i < words && first < 0; i++)
+                    if (host[i] != ref[i])
+                        first = i;
+                int ok = pc_verify(host, s->batch, w, s->max_len, s->lens, NULL, msg, sizeof msg);
+                if (first < 0 && ok)
+                    tu_pass(&T, "device plan %s W=%d equals the host plan word for word (%s)",
+                            s->name, (int)w, msg);
+                else if (first >= 0)
+                    tu_fail(&T, "device plan %s W=%d: word %lld is %d, host plan has %d%s%s",
+                            s->name, (int)w, (long long)first, (int)host[first], (int)ref[first],
+                            ok ? "" : "; ", ok ? "" : msg);
+                else
+                    tu_fail(&T, "device plan %s W=%d: %s", s->name, (int)w, msg);
+            }
+        }
+        cu_free(dlens);
+        cu_free(dplan);
+        free(host);
+        free(ref);
+    }
+
+    /* invalid lengths: the plan is marked, etap_plan_check says why */
+    int32_t lens[5] = {100, 64, -3, 100000, 7};
+    lenset s = {"invalid", 5, lens, 4096};
+    etap_mla_shape sh = shape_for(&s);
+    size_t pb = 0;
+    int32_t w = 0;
+    etap_plan_size(h, &sh, &pb);
+    etap_get_num_workers(h, &sh, &w);
+    void *dlens = NULL, *dplan = NULL;
+    int32_t *host = malloc(pb), *ref = malloc(pb);
+    for (int v = 0; v < 2; v++) {
+        if (v == 1)
+            lens[2] = 3; /* now the too-long one at index 3 is the first */
+        if (cu_malloc(&dlens, 20, "cudaMalloc(lens)") || cu_malloc(&dplan, pb, "cudaMalloc(plan)") ||
+            cu_upload(dlens, lens, 20, "upload lens")) {
+            tu_fail(&T, "device plan invalid: CUDA setup failed");
+            break;
+        }
+        etap_status st = etap_plan(h, &sh, (const int32_t *)dlens, dplan, pb, NULL);
+        etap_status chk = etap_plan_check(h, dplan, pb, NULL);
+        const char *want = v == 0 ? "cache_seqlens[2] is -3" : "cache_seqlens[3] is 100000";
+        int ok = st == ETAP_OK && chk == ETAP_ERR_INVALID_ARGUMENT &&
+                 tu_contains(etap_last_error_message(), want);
+        if (ok && cu_download(host, dplan, pb, "download plan") == 0) {
+            etap_plan_build(5, w, 4096, lens, ref);
+            ok = memcmp(host, ref, pb) == 0;
+        }
+        if (ok)
+            tu_pass(&T, "device plan: invalid length marked (%s), words equal the host's", want);
+        else
+            tu_fail(&T, "device plan: invalid length %s: plan %s, check %s (%s)", want,
+                    etap_status_string(st), etap_status_string(chk), etap_last_error_message());
+        cu_free(dlens);
+        cu_free(dplan);
+        dlens = dplan = NULL;
+    }
+    free(host);
+    free(ref);
+    etap_destroy(h);
+}
+#endif
+
+int main(void)
+{
+    make_sets();
+    test_public();
+    test_builder();
+#if defined(ETAP_WITH_CUDA)
+    test_device();
+#endif
+    for (int i = 0; i < num_sets; i++)
+        free(sets[i].lens);
+    free(sets);
+    return tu_finish(&T);
+}
