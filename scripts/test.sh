@@ -5,14 +5,14 @@
 #      python/tests exists) with apt-get, as root or through passwordless sudo;
 #   2. Release build in build-release/ (CUDA AUTO: the CUDA backend is compiled when nvcc
 #      is found; its tests skip without a GPU) and ctest;
-#   3. sanitizer build in build-sanitize/ (-DETAP_CUDA=OFF -DETAP_SANITIZE=ON, Debug) and
-#      ctest (the numeric tests run their small grids there);
-#   4. python/tests with /usr/bin/python3 -m pytest, ETAP_LIBRARY = the Release libetap.so.
+#   3. python/tests with /usr/bin/python3 -m pytest, ETAP_LIBRARY = the Release libetap.so;
+#   4. sanitizer build in build-sanitize/ (-DETAP_CUDA=OFF -DETAP_SANITIZE=ON, Debug) and
+#      ctest (the numeric tests run their small grids there).
 # Ends with one line "N passed, N failed" (ctest tests + pytest tests) and exits non-zero
 # when anything failed or did not build.
 #
 # Environment: JOBS (default: nproc), ETAP_TEST_SIZE / ETAP_TEST_SEED (passed to the tests),
-# ETAP_TEST_SKIP_SANITIZE=1 skips step 3.
+# ETAP_TEST_SKIP_SANITIZE=1 skips step 4.
 set -u -o pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -119,19 +119,10 @@ else
     rel_ok=0
 fi
 
-# 3. sanitizers
-
-if [ "${ETAP_TEST_SKIP_SANITIZE:-0}" != 1 ]; then
-    export ASAN_OPTIONS="${ASAN_OPTIONS:-abort_on_error=0:detect_leaks=1}"
-    export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
-    if build "$SAN" "AddressSanitizer + UBSan, Debug, no CUDA" -DCMAKE_BUILD_TYPE=Debug \
-        -DETAP_CUDA=OFF -DETAP_SANITIZE=ON; then
-        run_ctest "$SAN" "sanitizers"
-    fi
-fi
-
 # ------------------------------------------------------------------------------------
-# 4. Python
+# 3. Python, before the sanitizer build: one of the package's tests unsets ETAP_LIBRARY and
+#    lets it search build*/src, where the newest libetap.so must not be the ASan one (in a
+#    fresh clone only build-release exists at this point)
 
 if [ -d python/tests ]; then
     note "pytest python/tests"
@@ -159,6 +150,18 @@ if [ -d python/tests ]; then
         elif [ "$rc" != 0 ]; then
             problem "pytest: ${f:-0} failed, ${e:-0} errors"
         fi
+    fi
+fi
+
+# ------------------------------------------------------------------------------------
+# 4. sanitizers
+
+if [ "${ETAP_TEST_SKIP_SANITIZE:-0}" != 1 ]; then
+    export ASAN_OPTIONS="${ASAN_OPTIONS:-abort_on_error=0:detect_leaks=1}"
+    export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+    if build "$SAN" "AddressSanitizer + UBSan, Debug, no CUDA" -DCMAKE_BUILD_TYPE=Debug \
+        -DETAP_CUDA=OFF -DETAP_SANITIZE=ON; then
+        run_ctest "$SAN" "sanitizers"
     fi
 fi
 

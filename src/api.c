@@ -92,7 +92,7 @@ static etap_status check_shape(const etap_mla_shape *s)
     CHECK(s->causal == 0 || s->causal == 1, "causal is %d: it must be 0 or 1", (int)s->causal);
     if (s->dtype == ETAP_DTYPE_FP8_E4M3)
         return etap_fail(ETAP_ERR_UNSUPPORTED,
-                         "dtype FP8_E4M3 is reserved and not implemented yet: use BF16 or FP16");
+                         "unsupported dtype FP8_E4M3: reserved, not implemented yet; use BF16 or FP16");
     CHECK(s->dtype == ETAP_DTYPE_BF16 || s->dtype == ETAP_DTYPE_FP16,
           "dtype is %d: it must be ETAP_DTYPE_BF16 (0) or ETAP_DTYPE_FP16 (1)", (int)s->dtype);
     /* Every row index (b, s, h) fits comfortably in 64 bits; bound the row count so

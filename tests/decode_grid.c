@@ -153,6 +153,29 @@ void dg_build(dg_list *l, int size, int for_cuda, uint64_t seed)
                     idx++;
                 }
 
+    /* CUDA: the page sizes it refuses (not a multiple of 64) are kept, to check the
+     * refusal, and each such point is repeated with page size 64 for its numerics */
+    if (for_cuda) {
+        int grid_n = l->n;
+        for (int i = 0; i < grid_n; i++) {
+            if (l->cases[i].desc.page_size % 64 == 0)
+                continue;
+            dg_case *src = &l->cases[i];
+            int32_t b = src->desc.batch;
+            dg_case *cp = add(l, "", b);
+            src = &l->cases[i]; /* add() may move the array */
+            int32_t *lens = cp->lens;
+            *cp = *src;
+            cp->lens = lens;
+            memcpy(lens, src->lens, sizeof(int32_t) * (size_t)b);
+            cp->desc.lengths = lens;
+            cp->desc.page_size = 64;
+            cp->desc.seed = src->desc.seed + 1;
+            snprintf(cp->tag, sizeof cp->tag, "%.32s/page64", src->tag);
+        }
+        idx = l->n;
+    }
+
     /* named special cases */
     dg_case *c;
     int32_t L = bud.long_len;
@@ -254,6 +277,34 @@ void dg_build(dg_list *l, int size, int for_cuda, uint64_t seed)
     c->desc.page_size = 1;
     c->desc.kv_padded = 1;
     c->num_threads = 8;
+
+    /* page sizes that are not powers of two (a "% page_size" done with a mask fails) */
+    c = add(l, "page-7", 5);
+    for (int32_t i = 0; i < 5; i++)
+        c->lens[i] = i == 1 ? 0 : 6 + 71 * i;
+    c->desc.num_heads_q = 8;
+    c->desc.seqlen_q = 2;
+    c->desc.causal = 1;
+    c->desc.page_size = 7;
+    c->desc.extra_pages = 4;
+    c->num_threads = 3;
+
+    c = add(l, "page-192", 3);
+    c->lens[0] = 191;
+    c->lens[1] = 193;
+    c->lens[2] = size == 1 ? 700 : 2000;
+    c->desc.num_heads_q = 16;
+    c->desc.dtype = ETAP_DTYPE_FP16;
+    c->desc.page_size = 192;
+    c->desc.extra_pages = 2;
+    c->num_threads = 8;
+
+    c = add(l, "sq1-causal-ignored", 4);
+    for (int32_t i = 0; i < 4; i++)
+        c->lens[i] = 1 + 90 * i;
+    c->desc.num_heads_q = 16;
+    c->desc.causal = 1; /* s_q == 1: causal must make no difference */
+    c->num_threads = 3;
 
     c = add(l, "one-thread", 5);
     for (int32_t i = 0; i < 5; i++)

@@ -10,6 +10,7 @@
  */
 #define _DEFAULT_SOURCE /* MAP_ANONYMOUS, MAP_NORESERVE */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -193,6 +194,93 @@ static void test_two_layers(int size)
     tu_case_free(&c2);
 }
 
+/* One handle shared by threads (etap.h: a handle is immutable and may be shared by threads
+ * that use different streams; on the CPU: different plans, workspaces and outputs). */
+typedef struct conc_job {
+    tu_case c;
+    etap_handle h;
+    etap_status st;
+    int ok;
+    char msg[512];
+} conc_job;
+
+static void *conc_worker(void *arg)
+{
+    conc_job *j = arg;
+    buffers b;
+    j->st = ETAP_ERR_INTERNAL;
+    j->ok = 0;
+    if (buffers_for(j->h, &j->c.args.shape, &b) != 0)
+        return NULL;
+    for (int rep = 0; rep < 3; rep++) {
+        tu_case_poison(&j->c);
+        j->st = etap_plan(j->h, &j->c.args.shape, j->c.lengths, b.plan, b.plan_bytes, NULL);
+        if (j->st == ETAP_OK)
+            j->st = etap_decode(j->h, &j->c.args, b.plan, b.plan_bytes, b.ws, b.ws_bytes, NULL);
+        if (j->st != ETAP_OK) {
+            snprintf(j->msg, sizeof j->msg, "%s", etap_last_error_message());
+            break;
+        }
+        j->ok = tu_case_check(&j->c, j->c.out, j->c.lse, j->msg, sizeof j->msg);
+        if (!j->ok)
+            break;
+    }
+    buffers_free(&b);
+    return NULL;
+}
+
+static void test_concurrent(int size)
+{
+    enum { N = 3 };
+    conc_job jobs[N];
+    pthread_t th[N];
+    int32_t lens[N][4] = {{500, 0, 77, 1300}, {64, 65, 1, 2}, {3000, 10, 0, 129}};
+    if (size == 1)
+        lens[0][3] = lens[2][0] = 300;
+    etap_handle h = handle_for(2);
+    int started = 0;
+    for (int i = 0; i < N; i++) {
+        tu_case_desc d = {0};
+        d.batch = 4;
+        d.seqlen_q = 1 + i;
+        d.num_heads_q = 16;
+        d.num_heads_kv = 1;
+        d.page_size = 16 << i;
+        d.causal = i == 2;
+        d.dtype = i == 1 ? ETAP_DTYPE_FP16 : ETAP_DTYPE_BF16;
+        d.lengths = lens[i];
+        d.seed = 4242 + (uint64_t)i;
+        jobs[i].h = h;
+        if (tu_case_build(&jobs[i].c, &d) != 0) {
+            tu_fail(&T, "[concurrent] out of memory");
+            for (int k = 0; k < i; k++)
+                tu_case_free(&jobs[k].c);
+            return;
+        }
+        tu_case_reference(&jobs[i].c);
+    }
+    for (int i = 0; i < N; i++)
+        if (pthread_create(&th[i], NULL, conc_worker, &jobs[i]) == 0)
+            started |= 1 << i;
+    for (int i = 0; i < N; i++) {
+        if (started & (1 << i))
+            pthread_join(th[i], NULL);
+        else
+            conc_worker(&jobs[i]);
+    }
+    int all = 1;
+    for (int i = 0; i < N; i++)
+        all &= jobs[i].st == ETAP_OK && jobs[i].ok;
+    if (all)
+        tu_pass(&T, "[concurrent] 3 threads share one handle, 3 decodes each: %s", jobs[0].msg);
+    for (int i = 0; i < N && !all; i++)
+        if (jobs[i].st != ETAP_OK || !jobs[i].ok)
+            tu_fail(&T, "[concurrent] thread %d: %s: %s", i, etap_status_string(jobs[i].st),
+                    jobs[i].msg);
+    for (int i = 0; i < N; i++)
+        tu_case_free(&jobs[i].c);
+}
+
 /* 64-bit offsets: pages near index 2^21 of a 2^21-page cache, q / out strides > 2^31. */
 static void test_big_offsets(int64_t num_pages, int64_t big)
 {
@@ -310,6 +398,7 @@ int main(void)
         run_case(&g.cases[i]);
     dg_free(&g);
     test_two_layers(size);
+    test_concurrent(size);
     test_big_offsets((int64_t)1 << 21, ((int64_t)1 << 31) + 4096);
     for (int i = 0; i < MAX_HANDLES; i++)
         if (handles[i])

@@ -190,13 +190,46 @@ enum { TOKEN_PAD = 4 };
  * L1 next to the converted K vectors. */
 enum { FUSED_MAX_ROWS = 16, FUSED_ROW_BLOCK = 4 };
 
-/* 8 cache elements (bf16 or fp16) as fp32. */
-static ALWAYS_INLINE __m256 load8_f32(const uint16_t *src, int bf16)
+/* Half h (0 or 1) of 16 cache elements as fp32. fp16: elements 0..7 or 8..15. bf16: the
+ * even or the odd elements, which one shift or one mask extracts from the same 32 bytes
+ * (widening 8 consecutive elements takes a shuffle and a shift). The fused path keeps Q
+ * and its accumulators in this same "blocked" order (row_to_f32_blocked), so dot
+ * products and P.V sums are unchanged; unblock_row restores the natural order of the
+ * accumulators at the end. */
+static ALWAYS_INLINE __m256 half16_f32(const uint16_t *src, int bf16, int h)
 {
-    __m128i h = _mm_loadu_si128((const __m128i *)src);
-    if (bf16)
-        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-    return _mm256_cvtph_ps(h);
+    if (bf16) {
+        const __m256i x = _mm256_loadu_si256((const __m256i *)src);
+        if (h == 0)
+            return _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
+        const __m256i high_half = _mm256_set1_epi32(-65536); /* 0xffff0000 */
+        return _mm256_and_ps(_mm256_castsi256_ps(x), _mm256_castsi256_ps(high_half));
+    }
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + 8 * h)));
+}
+
+/* dst[0..n) = src[0..n) as fp32 in blocked order (n a multiple of 16). */
+static void row_to_f32_blocked(const uint16_t *src, float *dst, int n, etap_dtype dtype)
+{
+    const int bf16 = dtype == ETAP_DTYPE_BF16;
+    for (int d = 0; d < n; d += 16) {
+        _mm256_storeu_ps(dst + d, half16_f32(src + d, bf16, 0));
+        _mm256_storeu_ps(dst + d + 8, half16_f32(src + d, bf16, 1));
+    }
+}
+
+/* Blocked order back to natural order, in place, for a row of DV floats. */
+static void unblock_row(float *row, etap_dtype dtype)
+{
+    if (dtype != ETAP_DTYPE_BF16)
+        return; /* fp16 blocks are already in natural order */
+    for (int d = 0; d < DV; d += 16) {
+        const __m256 even = _mm256_loadu_ps(row + d), odd = _mm256_loadu_ps(row + d + 8);
+        /* interleave within 128-bit lanes, then put the lanes in order */
+        const __m256 lo = _mm256_unpacklo_ps(even, odd), hi = _mm256_unpackhi_ps(even, odd);
+        _mm256_storeu_ps(row + d, _mm256_permute2f128_ps(lo, hi, 0x20));
+        _mm256_storeu_ps(row + d + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+    }
 }
 
 static ALWAYS_INLINE float hsum8(__m256 v)
@@ -220,10 +253,11 @@ static ALWAYS_INLINE void prefetch_row(const uint16_t *row)
 /* ---- fused kernels (R <= FUSED_MAX_ROWS) ---- */
 
 /* s[r][j] = mul * <q[r], K[j]> for RB rows and tokens [0, n_pad), K rows read from the
- * cache, TB (<= 4) at a time; each converted K vector serves RB rows. With U = 2 the d
- * loop is unrolled into two independent accumulator sets (for RB = 1, which would
- * otherwise have too few chains to cover the FMA latency). `next` (or NULL) lists the
- * next tile's rows, prefetched along. */
+ * cache, TB (<= 4) at a time; each converted K vector serves RB rows. q is in blocked
+ * order. A 16-element block gives two vectors per token; with U = 2 they feed separate
+ * accumulators (for RB = 1, which would otherwise have too few chains to cover the FMA
+ * latency), with U = 1 the same one. `next` (or NULL) lists the next tile's rows,
+ * prefetched along. */
 enum { QK_FUSED_MAX_TOKENS = 4 };
 static ALWAYS_INLINE void qk_fused_rows(const float *q, int rb, int tb, int u,
                                         const uint16_t *const *rowp, int n_pad,
@@ -242,15 +276,16 @@ static ALWAYS_INLINE void qk_fused_rows(const float *q, int rb, int tb, int u,
             for (int r = 0; r < rb; r++)
                 for (int c = 0; c < tb; c++)
                     acc[x][r][c] = _mm256_setzero_ps();
-        for (int d = 0; d < DQK; d += 8 * u) {
-            for (int x = 0; x < u; x++) {
+        for (int d = 0; d < DQK; d += 16) {
+            for (int h = 0; h < 2; h++) {
+                const int x = u == 2 ? h : 0;
                 __m256 qv[FUSED_ROW_BLOCK];
                 for (int r = 0; r < rb; r++) {
-                    qv[r] = _mm256_loadu_ps(q + r * DQK + d + 8 * x);
+                    qv[r] = _mm256_loadu_ps(q + r * DQK + d + 8 * h);
                     KEEP_IN_REG(qv[r]);
                 }
                 for (int c = 0; c < tb; c++) {
-                    __m256 kv = load8_f32(k[c] + d + 8 * x, bf16);
+                    const __m256 kv = half16_f32(k[c] + d, bf16, h);
                     for (int r = 0; r < rb; r++)
                         acc[x][r][c] = _mm256_fmadd_ps(qv[r], kv, acc[x][r][c]);
                 }
@@ -259,15 +294,16 @@ static ALWAYS_INLINE void qk_fused_rows(const float *q, int rb, int tb, int u,
         for (int r = 0; r < rb; r++)
             for (int c = 0; c < tb; c++) {
                 __m256 sum = acc[0][r][c];
-                for (int x = 1; x < u; x++)
-                    sum = _mm256_add_ps(sum, acc[x][r][c]);
+                if (u == 2)
+                    sum = _mm256_add_ps(sum, acc[1][r][c]);
                 s[r * TILE + j + c] = mul * hsum8(sum);
             }
     }
 }
 
-/* acc[r][0..DV) += sum_j p[r][j] * V[j][0..DV) for RB rows, VB vectors of columns at a
- * time, V rows read from the cache and converted once for all RB rows. */
+/* acc[r][0..DV) += sum_j p[r][j] * V[j][0..DV) for RB rows, VB (even) vectors of
+ * columns at a time, acc in blocked order; V rows are read from the cache and converted
+ * once for all RB rows. */
 static ALWAYS_INLINE void pv_fused_rows(const float *p, int rb, int vb,
                                         const uint16_t *const *rowp, int n, float *acc,
                                         int bf16)
@@ -278,11 +314,14 @@ static ALWAYS_INLINE void pv_fused_rows(const float *p, int rb, int vb,
             for (int c = 0; c < vb; c++)
                 a[r][c] = _mm256_loadu_ps(acc + r * DV + d + 8 * c);
         for (int j = 0; j < n; j++) {
-            for (int c = 0; c < vb; c++) {
-                __m256 vv = load8_f32(rowp[j] + d + 8 * c, bf16);
-                KEEP_IN_REG(vv);
-                for (int r = 0; r < rb; r++)
-                    a[r][c] = _mm256_fmadd_ps(_mm256_broadcast_ss(p + r * TILE + j), vv, a[r][c]);
+            for (int c = 0; c < vb; c += 2) {
+                const __m256 v0 = half16_f32(rowp[j] + d + 8 * c, bf16, 0);
+                const __m256 v1 = half16_f32(rowp[j] + d + 8 * c, bf16, 1);
+                for (int r = 0; r < rb; r++) {
+                    const __m256 pr = _mm256_broadcast_ss(p + r * TILE + j);
+                    a[r][c] = _mm256_fmadd_ps(pr, v0, a[r][c]);
+                    a[r][c + 1] = _mm256_fmadd_ps(pr, v1, a[r][c + 1]);
+                }
             }
         }
         for (int r = 0; r < rb; r++)
@@ -292,7 +331,8 @@ static ALWAYS_INLINE void pv_fused_rows(const float *p, int rb, int vb,
 }
 
 /* Register blocks per row count: at least 8 independent accumulators (two FMA pipes of
- * latency 4) and at most 16 live vectors. */
+ * latency 4) and at most 16 live vectors, the bf16 mask included. 3 rows (only ever a
+ * remainder block) settle for 6 accumulators to stay within the 16. */
 static ALWAYS_INLINE void qk_fused_block(const float *q, int rb, const uint16_t *const *rowp,
                                          int n_pad, const uint16_t *const *next, int n_next,
                                          float *s, float mul, int bf16)
@@ -300,7 +340,7 @@ static ALWAYS_INLINE void qk_fused_block(const float *q, int rb, const uint16_t 
     switch (rb) {
     case 1: qk_fused_rows(q, 1, 4, 2, rowp, n_pad, next, n_next, s, mul, bf16); break;
     case 2: qk_fused_rows(q, 2, 4, 1, rowp, n_pad, next, n_next, s, mul, bf16); break;
-    case 3: qk_fused_rows(q, 3, 4, 1, rowp, n_pad, next, n_next, s, mul, bf16); break;
+    case 3: qk_fused_rows(q, 3, 2, 1, rowp, n_pad, next, n_next, s, mul, bf16); break;
     default: qk_fused_rows(q, 4, 2, 1, rowp, n_pad, next, n_next, s, mul, bf16); break;
     }
 }
@@ -728,7 +768,13 @@ static void attend_piece(const decode_ctx *ctx, const thread_scratch *ts, const 
         const int32_t s = r / group, h = g * group + r % group;
         const uint16_t *src = (const uint16_t *)a->q + b * a->q_stride_batch +
                               s * a->q_stride_seq + h * a->q_stride_head;
-        row_to_f32(src, ts->q + (int64_t)r * DQK, DQK, sh->dtype);
+        float *dst = ts->q + (int64_t)r * DQK;
+#if CPU_USE_AVX2
+        if (uses_fused_path(rows))
+            row_to_f32_blocked(src, dst, DQK, sh->dtype);
+        else
+#endif
+            row_to_f32(src, dst, DQK, sh->dtype);
         ts->m[r] = -INFINITY;
         ts->l[r] = 0.0f;
     }
@@ -769,6 +815,11 @@ static void attend_piece(const decode_ctx *ctx, const thread_scratch *ts, const 
         n = n_next;
         n_pad = padded_tokens(n_next);
     }
+#if CPU_USE_AVX2
+    if (uses_fused_path(rows))
+        for (int32_t r = 0; r < rows; r++)
+            unblock_row(ts->acc + (int64_t)r * DV, sh->dtype);
+#endif
 
     const int32_t *so = split_offsets(ctx);
     if (so[b + 1] - so[b] == 1) { /* the only split: final out and lse */

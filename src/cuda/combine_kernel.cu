@@ -1,12 +1,14 @@
 /*
  * combine_kernel.cu - merges the fp32 partial results of sequences split across workers.
  *
- * One CTA per (sequence, KV head), 128 threads, each owning 4 of the 512 output dims.
+ * One CTA per (sequence, KV head, query row), 128 threads, each owning 4 of the 512 output
+ * dims: at b = 1 the rows of one sequence are reduced by R CTAs in parallel, not one.
  * For a row with splits k = 0..n-1 (partial out O_k already normalised by its own sum,
  * partial lse L_k = log sum_k exp):   L = log sum_k exp(L_k),  out = sum_k exp(L_k - L) O_k.
  * Sequences with one split were finished by the split kernel; sequences with none get
  * out = 0, lse = +inf; a row whose splits all saw no visible key gets the same.
- * If the plan was built from invalid lengths every output is NaN (etap.h: etap_plan).
+ * If the plan was built from invalid lengths, or a length exceeds what the block table
+ * holds (the split kernel skips such a sequence), the outputs are NaN (etap.h: etap_plan).
  */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -32,14 +34,16 @@ template <> __device__ __forceinline__ uint2 pack4<1>(float a, float b, float c,
 template <int FP16>
 __global__ void __launch_bounds__(COMBINE_THREADS) etap_combine_kernel(const decode_params p)
 {
-    const int seq = blockIdx.x, kv_head = blockIdx.y, tid = threadIdx.x;
+    const int seq = blockIdx.x / p.heads_kv, kv_head = blockIdx.x % p.heads_kv;
+    const int r = blockIdx.y, tid = threadIdx.x;
     const int32_t *split_offset = p.plan + etap_plan_split_offset_offset(p.num_workers);
-    const bool bad_plan = p.plan[ETAP_PLAN_H_STATUS] != ETAP_PLAN_OK;
+    const int len = p.seqlens[seq];
+    const bool bad_plan = p.plan[ETAP_PLAN_H_STATUS] != ETAP_PLAN_OK || len < 0 || len > p.max_len;
     const int first = split_offset[seq], n = split_offset[seq + 1] - first;
     if (n == 1 && !bad_plan)
         return;
 
-    for (int r = 0; r < p.rows; r++) {
+    {
         const int s_pos = r / p.group, head = kv_head * p.group + r % p.group;
         float lse_max = -INFINITY;
         for (int k = 0; k < n; k++)
@@ -80,7 +84,7 @@ __global__ void __launch_bounds__(COMBINE_THREADS) etap_combine_kernel(const dec
 
 cudaError_t etap_launch_combine(const decode_params &p, int fp16, cudaStream_t stream)
 {
-    const dim3 grid(p.batch, p.heads_kv);
+    const dim3 grid(p.batch * p.heads_kv, p.rows);
     if (fp16)
         etap_combine_kernel<1><<<grid, COMBINE_THREADS, 0, stream>>>(p);
     else

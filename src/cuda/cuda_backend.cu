@@ -141,7 +141,7 @@ extern "C" etap_status etap_cuda_plan(const struct etap_handle_s *h, const etap_
     const cuda_handle_data *data = (const cuda_handle_data *)h->cuda;
     if (s->batch > data->max_plan_batch)
         return etap_fail(ETAP_ERR_UNSUPPORTED,
-                         "batch %d: the CUDA plan kernel handles at most %d sequences",
+                         "unsupported batch %d: the CUDA plan kernel handles at most %d sequences",
                          (int)s->batch, data->max_plan_batch);
     device_scope scope;
     CUDA_TRY(enter_device(h, &scope), "cudaSetDevice");
@@ -175,27 +175,27 @@ static etap_status check_supported(const etap_mla_args *a)
     const int32_t rows = etap_rows_per_kv_head(s);
     if (s->page_size % 64 != 0)
         return etap_fail(ETAP_ERR_UNSUPPORTED,
-                         "page_size %d: the CUDA backend needs a multiple of 64 (64 is what "
+                         "unsupported page_size %d: the CUDA backend needs a multiple of 64 (64 is what "
                          "FlashMLA uses); use the CPU backend for other page sizes",
                          (int)s->page_size);
     if (rows > ETAP_SM90_MAX_ROWS)
         return etap_fail(ETAP_ERR_UNSUPPORTED,
-                         "seqlen_q * num_heads_q / num_heads_kv = %d query rows per KV head: the "
-                         "CUDA backend handles at most %d for now",
+                         "unsupported: seqlen_q * num_heads_q / num_heads_kv = %d query rows per KV "
+                         "head; the CUDA backend handles at most %d for now",
                          (int)rows, ETAP_SM90_MAX_ROWS);
     if (!aligned16(a->q) || a->q_stride_batch % 8 || a->q_stride_seq % 8 || a->q_stride_head % 8)
         return etap_fail(ETAP_ERR_UNSUPPORTED,
-                         "q must be 16-byte aligned with strides that are multiples of 8 "
+                         "unsupported q layout: q must be 16-byte aligned with strides that are multiples of 8 "
                          "elements for the CUDA backend");
     if (!aligned16(a->out) || a->out_stride_batch % 8 || a->out_stride_seq % 8 ||
         a->out_stride_head % 8)
         return etap_fail(ETAP_ERR_UNSUPPORTED,
-                         "out must be 16-byte aligned with strides that are multiples of 8 "
+                         "unsupported out layout: out must be 16-byte aligned with strides that are multiples of 8 "
                          "elements for the CUDA backend");
     if (!aligned16(a->kv_cache) || a->kv_stride_page % 8 || a->kv_stride_token % 8 ||
         (s->num_heads_kv > 1 && a->kv_stride_head % 8))
         return etap_fail(ETAP_ERR_UNSUPPORTED,
-                         "kv_cache must be 16-byte aligned with strides that are multiples of 8 "
+                         "unsupported kv_cache layout: kv_cache must be 16-byte aligned with strides that are multiples of 8 "
                          "elements for the CUDA backend (the bulk tensor copy engine needs it)");
     return ETAP_OK;
 }
@@ -219,7 +219,7 @@ static etap_status make_kv_map(const cuda_handle_data *data, const etap_mla_args
         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (r != CUDA_SUCCESS)
         return etap_fail(ETAP_ERR_UNSUPPORTED,
-                         "the KV cache layout cannot be described to the copy engine (strides "
+                         "unsupported KV cache layout: it cannot be described to the copy engine (strides "
                          "page %lld, token %lld, head %lld elements; error %d)",
                          (long long)a->kv_stride_page, (long long)a->kv_stride_token,
                          (long long)a->kv_stride_head, (int)r);
@@ -266,6 +266,7 @@ extern "C" etap_status etap_cuda_decode(const struct etap_handle_s *h, const eta
     p.causal = s->causal && s->seqlen_q > 1;
     p.num_workers = etap_cuda_num_workers(h, s);
     p.max_splits = etap_plan_max_splits(s->batch, p.num_workers);
+    p.max_len = (int32_t)capacity(s);
     p.scale_log2 = etap_resolved_scale(a->softmax_scale) * 1.4426950408889634f;
     p.partial_out = (float *)workspace;
     p.partial_lse = p.partial_out + (int64_t)p.max_splits * p.heads_kv * p.rows * ETAP_HEAD_DIM_V;

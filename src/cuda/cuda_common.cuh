@@ -27,6 +27,7 @@ struct decode_params {
     int32_t causal;               /* already 0 when s_q == 1 */
     int32_t num_workers;
     int32_t max_splits;
+    int32_t max_len;              /* max_pages_per_seq * page_size (clamped to int32) */
     float scale_log2;             /* softmax_scale * log2(e) */
 };
 

@@ -33,6 +33,7 @@
 #define KV_TILE_TOKENS 64                                  /* = ETAP_TILE_TOKENS = wgmma M */
 #define SWIZZLE_ROW_BYTES 128                              /* 64 bf16: one 128B-swizzle row */
 #define QK_COL_BLOCKS 9                                    /* 576 / 64 columns */
+#define ROPE_COL_BLOCK 8                                   /* columns 512..575: K only */
 #define COL_BLOCK_BYTES (KV_TILE_TOKENS * SWIZZLE_ROW_BYTES) /* 8 KB: one copy box */
 #define KV_TILE_BYTES (QK_COL_BLOCKS * COL_BLOCK_BYTES)    /* 72 KB */
 #define KV_STAGES 2
@@ -101,6 +102,13 @@ template <> __device__ __forceinline__ float round_to_half<1>(float x)
     return __half2float(__float2half_rn(x));
 }
 
+/* The value of P that the PV product multiplies: P_hi + P_lo. */
+template <int FP16> __device__ __forceinline__ float p_as_multiplied(float p)
+{
+    const float hi = round_to_half<FP16>(p);
+    return hi + round_to_half<FP16>(p - hi);
+}
+
 /* Byte offset of element (row, col) of a [rows][64] 16-bit tile in the 128B swizzle. */
 __device__ __forceinline__ uint32_t swizzled_offset(int row, int col)
 {
@@ -111,11 +119,15 @@ __device__ __forceinline__ uint32_t swizzled_offset(int row, int col)
 struct worker_range {
     int first_seq, first_tile, last_seq, end_tile;
 };
-__device__ __forceinline__ void seq_tiles(const worker_range &w, int seq, int len, int *t0, int *t1)
+__device__ __forceinline__ void seq_tiles(const worker_range &w, int seq, int len, int max_len,
+                                          int *t0, int *t1)
 {
-    int tiles = (int)etap_plan_tiles(len);
+    /* A length the block table cannot hold is skipped, and no range passes the length's
+     * own tiles, so the block table row is never read past its end, even with lengths
+     * that differ from the plan's; the combine kernel writes NaN for a skipped sequence. */
+    const int tiles = len > max_len ? 0 : (int)etap_plan_tiles(len);
     *t0 = seq == w.first_seq ? w.first_tile : 0;
-    *t1 = seq == w.last_seq ? w.end_tile : tiles;
+    *t1 = seq == w.last_seq ? min(w.end_tile, tiles) : tiles;
 }
 
 /* ---- the kernel ------------------------------------------------------------------------ */
@@ -131,7 +143,7 @@ __device__ __forceinline__ void produce_kv_tiles(const CUtensorMap &kv_map, cons
     int it = 0;
     for (int seq = wr.first_seq; seq <= wr.last_seq; seq++) {
         int t0, t1;
-        seq_tiles(wr, seq, p.seqlens[seq], &t0, &t1);
+        seq_tiles(wr, seq, p.seqlens[seq], p.max_len, &t0, &t1);
         const int32_t *pages = p.block_table + (int64_t)seq * p.block_table_stride;
         for (int t = t0; t < t1; t++, it++) {
             const int s = it % KV_STAGES;
@@ -173,13 +185,18 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
     const int row0 = 16 * warp + lane / 4;
     const int col_base = 2 * (lane % 4);
     constexpr int COLS = N / 4; /* columns per thread: q = 2j + e  ->  col 8j + col_base + e */
+    /* A 16-bit P alone errs by up to 2^-9 (bf16) or 2^-11 (fp16) relative per weight,
+     * which shows in out as that fraction of the spread of V: visible with few keys, or
+     * with large V values. So P = P_hi + P_lo (both 16-bit) and the PV product runs twice,
+     * keeping the weights exact to ~2^-17 (bf16) or ~2^-22 (fp16). */
+    constexpr bool SPLIT_P = true;
 
     float o[M_BLOCKS_PER_WG][N / 2];
     int it = 0;
     for (int seq = wr.first_seq; seq <= wr.last_seq; seq++) {
         const int len = p.seqlens[seq];
         int t0, t1;
-        seq_tiles(wr, seq, len, &t0, &t1);
+        seq_tiles(wr, seq, len, p.max_len, &t0, &t1);
         if (t0 >= t1)
             continue;
         const int n_splits = split_offset[seq + 1] - split_offset[seq];
@@ -235,6 +252,9 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
             mbarrier_wait(&full[s], (it / KV_STAGES) & 1);
             uint8_t *stage = smem + s * KV_TILE_BYTES;
             const uint32_t stage_addr = smem_addr(stage);
+            /* P_lo lives in the tile's RoPE columns (512..575): S^T is done with them before
+             * P is written, and the stage is released only after the PV product. */
+            uint8_t *p_lo_tile = stage + ROPE_COL_BLOCK * COL_BLOCK_BYTES;
 
             float sacc[N / 2];
             if (softmax_wg) {
@@ -283,12 +303,13 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
                     alpha[c] = fast_exp2(m_run[c] - m_use);
                     const float p0 = fast_exp2(sacc[i0] - m_use), p1 = fast_exp2(sacc[i1] - m_use);
                     l_run[c] = l_run[c] * alpha[c] + p0 + p1;
-                    /* P is rounded to 16 bits for the PV product; out is normalised by the
-                     * sum of the rounded values so that numerator and denominator agree
-                     * (with few visible keys the difference is several output ulps). */
-                    sacc[i0] = round_to_half<FP16>(p0);
-                    sacc[i1] = round_to_half<FP16>(p1);
-                    l_rounded[c] = l_rounded[c] * alpha[c] + sacc[i0] + sacc[i1];
+                    /* P enters the PV product as 16-bit values (hi + lo for bf16); out is
+                     * normalised by the sum of exactly those values, so that numerator and
+                     * denominator agree. */
+                    sacc[i0] = p0;
+                    sacc[i1] = p1;
+                    l_rounded[c] = l_rounded[c] * alpha[c] + p_as_multiplied<FP16>(p0) +
+                                   p_as_multiplied<FP16>(p1);
                     m_run[c] = m_new;
                 }
             }
@@ -303,9 +324,15 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
                 for (int c = 0; c < COLS; c++) {
                     const int col = 8 * (c / 2) + col_base + (c & 1);
                     const int i0 = 4 * (c / 2) + (c & 1);
-                    *(uint16_t *)(p_tile + swizzled_offset(col, row0)) = to_half_bits<FP16>(sacc[i0]);
-                    *(uint16_t *)(p_tile + swizzled_offset(col, row0 + 8)) =
-                        to_half_bits<FP16>(sacc[i0 + 2]);
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const float pv = sacc[i0 + 2 * h];
+                        const uint32_t off = swizzled_offset(col, row0 + 8 * h);
+                        *(uint16_t *)(p_tile + off) = to_half_bits<FP16>(pv);
+                        if (SPLIT_P)
+                            *(uint16_t *)(p_lo_tile + off) =
+                                to_half_bits<FP16>(pv - round_to_half<FP16>(pv));
+                    }
                     if (warp == 0 && lane < 4)
                         alpha_smem[col] = alpha[c];
                 }
@@ -340,6 +367,7 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
                     o[mb][i0 + 2] *= alpha[c];
                 }
             const uint32_t p_addr = smem_addr(p_tile);
+            const uint32_t p_lo_addr = stage_addr + ROPE_COL_BLOCK * COL_BLOCK_BYTES;
 #pragma unroll
             for (int mb = 0; mb < M_BLOCKS_PER_WG; mb++)
                 fence_accumulators(o[mb]);
@@ -351,6 +379,12 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
                 for (int kk = 0; kk < PV_K_STEPS; kk++)
                     wgmma_op<N, FP16, 1>::run(o[mb], smem_desc_sw128(v_addr + kk * 2048),
                                               smem_desc_sw128(p_addr + kk * 32), 1);
+                if (SPLIT_P) {
+#pragma unroll
+                    for (int kk = 0; kk < PV_K_STEPS; kk++)
+                        wgmma_op<N, FP16, 1>::run(o[mb], smem_desc_sw128(v_addr + kk * 2048),
+                                                  smem_desc_sw128(p_lo_addr + kk * 32), 1);
+                }
             }
             wgmma_commit();
             wgmma_wait<0>();

@@ -103,19 +103,26 @@ __global__ void __launch_bounds__(PLAN_THREADS)
     if (tid == 0)
         split_offset[batch] = (int32_t)total_splits;
 
-    /* 3. worker records */
+    /* 3. worker records: the first and last sequence of which the worker owns at least
+     * one tile unit (plan.c spells the rule out); idle = {0, 0, -1, 0} */
     for (int w = tid; w < num_workers; w += PLAN_THREADS) {
         int32_t *rec = plan + etap_plan_worker_offset(w);
         const int64_t u0 = (int64_t)w * quota;
         const int64_t u1 = min(u0 + quota, total);
-        if (u0 >= total) {
-            rec[0] = 0, rec[1] = 0, rec[2] = -1, rec[3] = 0;
+        rec[0] = 0, rec[1] = 0, rec[2] = -1, rec[3] = 0;
+        if (u0 >= total)
             continue;
-        }
+        /* the sequence holding unit u0; its tiles start at prefix + overhead */
         const int32_t s0 = etap_plan_seq_at(prefix, batch, u0);
-        const int32_t s1 = etap_plan_seq_at(prefix, batch, u1 - 1);
-        const int64_t tiles0 = prefix[s0 + 1] - prefix[s0] > 0 ? prefix[s0 + 1] - prefix[s0] - ETAP_PLAN_OVERHEAD_UNITS : 0;
-        const int64_t tiles1 = prefix[s1 + 1] - prefix[s1] > 0 ? prefix[s1 + 1] - prefix[s1] - ETAP_PLAN_OVERHEAD_UNITS : 0;
+        if (u1 <= prefix[s0] + ETAP_PLAN_OVERHEAD_UNITS)
+            continue; /* only overhead units: no tile */
+        /* the sequence holding unit u1 - 1, or the one before it when that unit is
+         * overhead (the worker then owns none of its tiles) */
+        int32_t s1 = etap_plan_seq_at(prefix, batch, u1 - 1);
+        if (u1 - 1 < prefix[s1] + ETAP_PLAN_OVERHEAD_UNITS)
+            s1 = etap_plan_seq_at(prefix, batch, prefix[s1] - 1);
+        const int64_t tiles0 = prefix[s0 + 1] - prefix[s0] - ETAP_PLAN_OVERHEAD_UNITS;
+        const int64_t tiles1 = prefix[s1 + 1] - prefix[s1] - ETAP_PLAN_OVERHEAD_UNITS;
         rec[0] = s0;
         rec[1] = (int32_t)etap_plan_tile_at(u0, prefix[s0], tiles0);
         rec[2] = s1;
