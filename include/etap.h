@@ -153,7 +153,10 @@ ETAP_API etap_status etap_create(etap_handle *handle, const etap_options *option
 ETAP_API etap_status etap_destroy(etap_handle handle);
 /* The backend the handle runs on (never AUTO). */
 ETAP_API etap_status etap_get_backend(etap_handle handle, etap_backend *backend);
-/* Parallel workers the plan spreads a KV head's work over (SMs on CUDA). */
+/* Parallel workers the plan spreads a KV head's work over (SMs / num_heads_kv on CUDA,
+ * 4 x threads on the CPU). It depends only on the handle and num_heads_kv, never on the
+ * lengths, seqlen_q or num_heads_q, so etap_plan_size() depends only on the handle, batch
+ * and num_heads_kv. */
 ETAP_API etap_status etap_get_num_workers(etap_handle handle, const etap_mla_shape *shape,
                                           int32_t *num_workers);
 
@@ -184,7 +187,7 @@ ETAP_API etap_status etap_plan_check(etap_handle handle, const void *plan, size_
 /* ---- decode ---- */
 
 /* Bytes of the workspace etap_decode() needs for this shape (independent of the lengths).
- * May be 0. */
+ * May be 0. The workspace must be 16-byte aligned (cudaMalloc and malloc give more). */
 ETAP_API etap_status etap_workspace_size(etap_handle handle, const etap_mla_shape *shape,
                                          size_t *workspace_bytes);
 

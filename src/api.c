@@ -414,6 +414,10 @@ etap_status etap_decode(etap_handle h, const etap_mla_args *args, const void *pl
                          workspace_bytes, need_ws);
     CHECK(need_ws == 0 || workspace != NULL, "workspace is NULL but %zu bytes are needed",
           need_ws);
+    CHECK(need_ws == 0 || ((uintptr_t)workspace & 15) == 0,
+          "workspace must be 16-byte aligned (got %p): partial results are stored there as "
+          "fp32 vectors",
+          workspace);
 
     if (h->backend == ETAP_BACKEND_CUDA)
         return etap_cuda_decode(h, args, (const int32_t *)plan, workspace, workspace_bytes,

@@ -657,16 +657,20 @@ static void test_plan_and_workspace(void)
     expect("decode: misaligned workspace (CPU)",
            etap_decode(f.h, &a, f.plan, f.plan_bytes, f.ws + 2, f.ws_bytes, NULL),
            ETAP_ERR_INVALID_ARGUMENT, "aligned");
-    /* a bigger workspace than needed, at an odd-but-4-aligned offset, is fine */
+    /* the workspace must be 16-byte aligned (etap.h); a bigger one than needed, at a
+     * 16-byte offset of a malloc'ed block, is fine */
     {
         unsigned char *big = malloc(f.ws_bytes + 4096);
+        expect("decode: workspace at a 4-byte offset",
+               etap_decode(f.h, &a, f.plan, f.plan_bytes, big + 4, f.ws_bytes + 1000, NULL),
+               ETAP_ERR_INVALID_ARGUMENT, "16-byte aligned");
         tu_case_poison(&f.c);
-        etap_status st = etap_decode(f.h, &a, f.plan, f.plan_bytes, big + 4, f.ws_bytes + 1000, NULL);
+        etap_status st = etap_decode(f.h, &a, f.plan, f.plan_bytes, big + 16, f.ws_bytes + 1000, NULL);
         char msg[512];
         if (st == ETAP_OK && tu_case_check(&f.c, f.c.out, f.c.lse, msg, sizeof msg))
-            tu_pass(&T, "decode: a larger workspace at offset 4 (%s)", msg);
+            tu_pass(&T, "decode: a larger workspace at offset 16 (%s)", msg);
         else
-            tu_fail(&T, "decode: a larger workspace at offset 4: %s %s", etap_status_string(st),
+            tu_fail(&T, "decode: a larger workspace at offset 16: %s %s", etap_status_string(st),
                     st == ETAP_OK ? msg : etap_last_error_message());
         free(big);
     }

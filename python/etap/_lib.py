@@ -167,8 +167,20 @@ def _repo_root():
     return None
 
 
+def _is_sanitizer_build(lib_path):
+    """True for a libetap built with ETAP_SANITIZE: loading it into an uninstrumented
+    Python makes the AddressSanitizer runtime abort the process (no exception to catch)."""
+    cache = os.path.join(os.path.dirname(os.path.dirname(lib_path)), "CMakeCache.txt")
+    try:
+        with open(cache) as f:
+            return any(line.strip() == "ETAP_SANITIZE:BOOL=ON" for line in f)
+    except OSError:
+        return False
+
+
 def _build_tree_libs(root):
-    found = glob.glob(os.path.join(root, "build*", "src", "libetap.so"))
+    found = [p for p in glob.glob(os.path.join(root, "build*", "src", "libetap.so"))
+             if not _is_sanitizer_build(p)]
 
     def mtime(p):
         try:

@@ -508,6 +508,7 @@ __global__ void __launch_bounds__(THREADS, 1)
     const int32_t *rec = plan + etap_plan_worker_offset(blockIdx.x);
     const worker_range wr = {rec[0], rec[1], rec[2], rec[3]};
 
+    grid_dependents_launch(); /* the combine kernel may start its launch now */
     if (tid == 0) {
         for (int s = 0; s < KV_STAGES; s++) {
             mbarrier_init(&full[s], 1);

@@ -86,6 +86,20 @@ __device__ __forceinline__ void named_barrier_sync(uint32_t id, uint32_t threads
     asm volatile("barrier.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
 
+/* ---- programmatic dependent launch (PTX: griddepcontrol, sm_90) ---------------------- */
+
+/* Lets the next kernel in the stream (launched with the programmatic-serialization
+ * attribute) start its launch while this grid still runs. */
+__device__ __forceinline__ void grid_dependents_launch(void)
+{
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+/* Waits until the preceding grid has completed and its memory operations are visible. */
+__device__ __forceinline__ void grid_dependency_wait(void)
+{
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+}
+
 /* ---- register reallocation between warpgroups (PTX: setmaxnreg, sm_90a) --------------- */
 
 template <uint32_t REGS> __device__ __forceinline__ void setmaxnreg_inc(void)
