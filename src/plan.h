@@ -65,9 +65,15 @@ enum {
 
 enum { ETAP_PLAN_OK = 0, ETAP_PLAN_BAD_NEGATIVE_LEN = 1, ETAP_PLAN_BAD_LEN_TOO_LONG = 2 };
 
-/* Tuning knobs of the schedule (in tile units), shared by every backend. */
+/* Tuning knobs of the schedule (in tile units), shared by every backend; a build may
+ * override them (-D) to measure another schedule, which changes the plan words of both
+ * backends alike. */
+#ifndef ETAP_PLAN_OVERHEAD_UNITS
 #define ETAP_PLAN_OVERHEAD_UNITS 2
+#endif
+#ifndef ETAP_PLAN_MIN_QUOTA
 #define ETAP_PLAN_MIN_QUOTA 2
+#endif
 
 ETAP_HD int64_t etap_plan_words(int32_t batch, int32_t num_workers)
 {

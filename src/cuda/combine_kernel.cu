@@ -56,7 +56,16 @@ __device__ __forceinline__ float block_reduce(float v, float *scratch, bool is_m
 }
 
 template <int FP16>
-__global__ void __launch_bounds__(COMBINE_THREADS) etap_combine_kernel(const decode_params p)
+__device__ __forceinline__ void combine_row(const decode_params &p, int seq, int kv_head, int r,
+                                            int first, int n, bool bad_plan, float *weight,
+                                            float4 (*group_acc)[128], float *scratch);
+
+/* Grid (b * h_kv, ceil(R / rows_per_cta)): few sequences get one CTA per row (parallel over
+ * rows), many get one per (sequence, KV head): most of those have a single split and
+ * exit at once, and launching b * h_kv * R CTAs to exit cost ~18 us at b = 128. */
+template <int FP16>
+__global__ void __launch_bounds__(COMBINE_THREADS)
+    etap_combine_kernel(const decode_params p, int rows_per_cta)
 {
     __shared__ float weight[COMBINE_MAX_SPLITS];
     __shared__ float4 group_acc[COMBINE_GROUPS - 1][128];
@@ -64,14 +73,26 @@ __global__ void __launch_bounds__(COMBINE_THREADS) etap_combine_kernel(const dec
     /* launched early (programmatic dependent launch): the split kernel's partials, its
      * direct outputs and the plan are only read after this */
     grid_dependency_wait();
+    grid_dependents_launch(); /* the next decode call's split kernel may start launching */
     const int seq = blockIdx.x / p.heads_kv, kv_head = blockIdx.x % p.heads_kv;
-    const int r = blockIdx.y, tid = threadIdx.x, group = tid / 128, dim4 = tid % 128;
     const int32_t *split_offset = p.plan + etap_plan_split_offset_offset(p.num_workers);
     const int len = p.seqlens[seq];
     const bool bad_plan = p.plan[ETAP_PLAN_H_STATUS] != ETAP_PLAN_OK || len < 0 || len > p.max_len;
     const int first = split_offset[seq], n = split_offset[seq + 1] - first;
     if (n == 1 && !bad_plan)
         return;
+    const int r_end = min(p.rows, (int)(blockIdx.y + 1) * rows_per_cta);
+    for (int r = blockIdx.y * rows_per_cta; r < r_end; r++)
+        combine_row<FP16>(p, seq, kv_head, r, first, n, bad_plan, weight, group_acc, scratch);
+}
+
+/* One query row: merges its n partials (or writes 0 / +inf, or NaN for a bad plan). */
+template <int FP16>
+__device__ __forceinline__ void combine_row(const decode_params &p, int seq, int kv_head, int r,
+                                            int first, int n, bool bad_plan, float *weight,
+                                            float4 (*group_acc)[128], float *scratch)
+{
+    const int tid = threadIdx.x, group = tid / 128, dim4 = tid % 128;
     const int s_pos = r / p.group, head = kv_head * p.group + r % p.group;
     const int64_t row_stride = (int64_t)p.heads_kv * p.rows; /* between splits */
     const int64_t row0 = ((int64_t)first * p.heads_kv + kv_head) * p.rows + r;
@@ -114,36 +135,41 @@ __global__ void __launch_bounds__(COMBINE_THREADS) etap_combine_kernel(const dec
     if (group > 0)
         group_acc[group - 1][dim4] = acc;
     __syncthreads();
-    if (group > 0)
-        return;
-    for (int g = 0; g < COMBINE_GROUPS - 1; g++) {
-        const float4 v = group_acc[g][dim4];
-        acc.x += v.x, acc.y += v.y, acc.z += v.z, acc.w += v.w;
+    if (group == 0) {
+        for (int g = 0; g < COMBINE_GROUPS - 1; g++) {
+            const float4 v = group_acc[g][dim4];
+            acc.x += v.x, acc.y += v.y, acc.z += v.z, acc.w += v.w;
+        }
+        float lse;
+        if (bad_plan) {
+            acc = make_float4(NAN, NAN, NAN, NAN);
+            lse = NAN;
+        } else if (!(wsum > 0.f)) {
+            lse = INFINITY; /* no visible key (or no split): out = 0 */
+        } else {
+            const float inv = 1.f / wsum;
+            acc.x *= inv, acc.y *= inv, acc.z *= inv, acc.w *= inv;
+            lse = lse_max + logf(wsum);
+        }
+        uint16_t *dst = (uint16_t *)p.out + seq * p.out_stride_batch +
+                        s_pos * p.out_stride_seq + head * p.out_stride_head;
+        *(uint2 *)(dst + dim4 * 4) = pack4<FP16>(acc.x, acc.y, acc.z, acc.w);
+        if (dim4 == 0)
+            p.lse[((int64_t)seq * p.heads_q + head) * p.seqlen_q + s_pos] = lse;
     }
-    float lse;
-    if (bad_plan) {
-        acc = make_float4(NAN, NAN, NAN, NAN);
-        lse = NAN;
-    } else if (!(wsum > 0.f)) {
-        lse = INFINITY; /* no visible key (or no split): out = 0 */
-    } else {
-        const float inv = 1.f / wsum;
-        acc.x *= inv, acc.y *= inv, acc.z *= inv, acc.w *= inv;
-        lse = lse_max + logf(wsum);
-    }
-    uint16_t *dst = (uint16_t *)p.out + seq * p.out_stride_batch + s_pos * p.out_stride_seq +
-                    head * p.out_stride_head;
-    *(uint2 *)(dst + dim4 * 4) = pack4<FP16>(acc.x, acc.y, acc.z, acc.w);
-    if (dim4 == 0)
-        p.lse[((int64_t)seq * p.heads_q + head) * p.seqlen_q + s_pos] = lse;
+    /* one barrier site for every thread (synccheck): group_acc and weight[] are rewritten
+     * by the next row */
+    __syncthreads();
 }
 
-cudaError_t etap_launch_combine(const decode_params &p, int fp16, cudaStream_t stream)
+cudaError_t etap_launch_combine(const decode_params &p, int fp16, int num_sms, cudaStream_t stream)
 {
+    /* enough (sequence, KV head) CTAs to fill the GPU twice: one CTA each; else one per row */
+    const int rows_per_cta = p.batch * p.heads_kv >= 2 * num_sms ? p.rows : 1;
     /* Programmatic dependent launch: the combine grid is set up while the split kernel
      * runs and waits in griddepcontrol.wait; capturable in CUDA graphs. */
     cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(p.batch * p.heads_kv, p.rows);
+    config.gridDim = dim3(p.batch * p.heads_kv, (p.rows + rows_per_cta - 1) / rows_per_cta);
     config.blockDim = dim3(COMBINE_THREADS);
     config.stream = stream;
     cudaLaunchAttribute attr;
@@ -151,6 +177,6 @@ cudaError_t etap_launch_combine(const decode_params &p, int fp16, cudaStream_t s
     attr.val.programmaticStreamSerializationAllowed = 1;
     config.attrs = &attr;
     config.numAttrs = 1;
-    return fp16 ? cudaLaunchKernelEx(&config, etap_combine_kernel<1>, p)
-                : cudaLaunchKernelEx(&config, etap_combine_kernel<0>, p);
+    return fp16 ? cudaLaunchKernelEx(&config, etap_combine_kernel<1>, p, rows_per_cta)
+                : cudaLaunchKernelEx(&config, etap_combine_kernel<0>, p, rows_per_cta);
 }

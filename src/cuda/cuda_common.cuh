@@ -40,7 +40,7 @@ cudaError_t etap_sm90_set_attributes(void);
 cudaError_t etap_sm90_launch_decode(const decode_params &p, const CUtensorMap &kv_map, int n_rows,
                                     int fp16, cudaStream_t stream);
 /* combine_kernel.cu */
-cudaError_t etap_launch_combine(const decode_params &p, int fp16, cudaStream_t stream);
+cudaError_t etap_launch_combine(const decode_params &p, int fp16, int num_sms, cudaStream_t stream);
 /* plan_kernel.cu */
 cudaError_t etap_launch_plan(const int32_t *seqlens, int32_t *plan, int32_t batch,
                              int32_t num_workers, int32_t max_len, cudaStream_t stream);

@@ -139,7 +139,6 @@ __device__ __forceinline__ void produce_kv_tiles(const CUtensorMap &kv_map, cons
                                                  uint64_t *full, uint64_t *empty)
 {
     const int kv_head = blockIdx.y;
-    tma_prefetch_descriptor(&kv_map);
     int it = 0;
     for (int seq = wr.first_seq; seq <= wr.last_seq; seq++) {
         int t0, t1;
@@ -147,11 +146,13 @@ __device__ __forceinline__ void produce_kv_tiles(const CUtensorMap &kv_map, cons
         const int32_t *pages = p.block_table + (int64_t)seq * p.block_table_stride;
         for (int t = t0; t < t1; t++, it++) {
             const int s = it % KV_STAGES;
-            if (it >= KV_STAGES)
-                mbarrier_wait(&empty[s], ((it / KV_STAGES) - 1) & 1);
+            /* the block-table read is issued before the wait for a free stage, so its
+             * DRAM round trip overlaps the wait instead of delaying the copy */
             const int64_t token = (int64_t)t * KV_TILE_TOKENS;
             const int32_t page = pages[token / p.page_size];
             const int32_t in_page = (int32_t)(token % p.page_size);
+            if (it >= KV_STAGES)
+                mbarrier_wait(&empty[s], ((it / KV_STAGES) - 1) & 1);
             mbarrier_arrive_expect_tx(&full[s], KV_TILE_BYTES);
             uint8_t *stage = smem + s * KV_TILE_BYTES;
 #pragma unroll
@@ -502,20 +503,24 @@ __global__ void __launch_bounds__(THREADS, 1)
     uint64_t *empty = full + KV_STAGES;
 
     const int tid = threadIdx.x;
-    const int32_t *plan = p.plan;
-    if (plan[ETAP_PLAN_H_STATUS] != ETAP_PLAN_OK)
-        return; /* the combine kernel writes NaN everywhere for an invalid plan */
-    const int32_t *rec = plan + etap_plan_worker_offset(blockIdx.x);
-    const worker_range wr = {rec[0], rec[1], rec[2], rec[3]};
-
-    grid_dependents_launch(); /* the combine kernel may start its launch now */
     if (tid == 0) {
         for (int s = 0; s < KV_STAGES; s++) {
             mbarrier_init(&full[s], 1);
             mbarrier_init(&empty[s], CONSUMER_THREADS);
         }
         mbarrier_init_fence();
+        tma_prefetch_descriptor(&kv_map);
     }
+    /* Launched with programmatic dependent launch: the kernel before this one in the
+     * stream (any kernel: it may have written q, the cache or the plan) may still be
+     * running, so no input is read before this wait. */
+    grid_dependency_wait();
+    grid_dependents_launch(); /* the combine kernel may start its launch now */
+    const int32_t *plan = p.plan;
+    if (plan[ETAP_PLAN_H_STATUS] != ETAP_PLAN_OK)
+        return; /* the combine kernel writes NaN everywhere for an invalid plan */
+    const int32_t *rec = plan + etap_plan_worker_offset(blockIdx.x);
+    const worker_range wr = {rec[0], rec[1], rec[2], rec[3]};
     __syncthreads();
     if (wr.last_seq < wr.first_seq)
         return; /* idle worker */
@@ -556,11 +561,21 @@ cudaError_t etap_sm90_set_attributes(void)
 cudaError_t etap_sm90_launch_decode(const decode_params &p, const CUtensorMap &kv_map, int n_rows,
                                     int fp16, cudaStream_t stream)
 {
-    const dim3 grid(p.num_workers, p.heads_kv);
+    /* Programmatic dependent launch: the CTAs are scheduled while the previous kernel in
+     * the stream drains; the kernel waits (griddepcontrol.wait) before reading inputs. */
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(p.num_workers, p.heads_kv);
+    config.blockDim = dim3(THREADS);
+    config.stream = stream;
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = &attr;
+    config.numAttrs = 1;
 #define LAUNCH(n, f)                                                                        \
     if (n_rows == n && fp16 == f) {                                                         \
-        etap_decode_sm90_kernel<n, f><<<grid, THREADS, smem_total(n), stream>>>(kv_map, p); \
-        return cudaGetLastError();                                                          \
+        config.dynamicSmemBytes = smem_total(n);                                            \
+        return cudaLaunchKernelEx(&config, etap_decode_sm90_kernel<n, f>, kv_map, p);       \
     }
     ETAP_SM90_FOR_EACH_INSTANCE(LAUNCH)
 #undef LAUNCH
