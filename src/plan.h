@@ -141,4 +141,26 @@ ETAP_HD int32_t etap_plan_seq_at(const int64_t *prefix, int32_t batch, int64_t u
     return lo;
 }
 
+/* The 16 header words (reserved words zero); the quota's two halves as raw 32-bit words. */
+ETAP_HD void etap_plan_write_header(int32_t *plan, int32_t batch, int32_t num_workers,
+                                    int64_t quota, int32_t total_splits, int32_t status,
+                                    int32_t bad_seq, int32_t bad_len)
+{
+    for (int i = 0; i < ETAP_PLAN_HEADER_WORDS; i++)
+        plan[i] = 0;
+    plan[ETAP_PLAN_H_MAGIC] = ETAP_PLAN_MAGIC;
+    plan[ETAP_PLAN_H_VERSION] = ETAP_PLAN_VERSION;
+    plan[ETAP_PLAN_H_BATCH] = batch;
+    plan[ETAP_PLAN_H_NUM_WORKERS] = num_workers;
+    plan[ETAP_PLAN_H_TILE_TOKENS] = ETAP_TILE_TOKENS;
+    plan[ETAP_PLAN_H_OVERHEAD] = ETAP_PLAN_OVERHEAD_UNITS;
+    plan[ETAP_PLAN_H_QUOTA_LO] = (int32_t)(uint32_t)((uint64_t)quota & 0xffffffffu);
+    plan[ETAP_PLAN_H_QUOTA_HI] = (int32_t)(uint32_t)((uint64_t)quota >> 32);
+    plan[ETAP_PLAN_H_TOTAL_SPLITS] = total_splits;
+    plan[ETAP_PLAN_H_STATUS] = status;
+    plan[ETAP_PLAN_H_BAD_SEQ] = bad_seq;
+    plan[ETAP_PLAN_H_BAD_LEN] = bad_len;
+    plan[ETAP_PLAN_H_MAX_SPLITS] = etap_plan_max_splits(batch, num_workers);
+}
+
 #endif /* ETAP_PLAN_H */

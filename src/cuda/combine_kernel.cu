@@ -166,17 +166,10 @@ cudaError_t etap_launch_combine(const decode_params &p, int fp16, int num_sms, c
 {
     /* enough (sequence, KV head) CTAs to fill the GPU twice: one CTA each; else one per row */
     const int rows_per_cta = p.batch * p.heads_kv >= 2 * num_sms ? p.rows : 1;
-    /* Programmatic dependent launch: the combine grid is set up while the split kernel
-     * runs and waits in griddepcontrol.wait; capturable in CUDA graphs. */
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(p.batch * p.heads_kv, (p.rows + rows_per_cta - 1) / rows_per_cta);
-    config.blockDim = dim3(COMBINE_THREADS);
-    config.stream = stream;
     cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = &attr;
-    config.numAttrs = 1;
+    const cudaLaunchConfig_t config =
+        pdl_launch_config(dim3(p.batch * p.heads_kv, (p.rows + rows_per_cta - 1) / rows_per_cta),
+                          dim3(COMBINE_THREADS), 0, stream, &attr);
     return fp16 ? cudaLaunchKernelEx(&config, etap_combine_kernel<1>, p, rows_per_cta)
                 : cudaLaunchKernelEx(&config, etap_combine_kernel<0>, p, rows_per_cta);
 }

@@ -31,6 +31,25 @@ struct decode_params {
     float scale_log2;             /* softmax_scale * log2(e) */
 };
 
+/* A launch configuration with programmatic dependent launch: the grid is scheduled while
+ * the previous kernel in the stream drains, and must call griddepcontrol.wait
+ * (grid_dependency_wait) before reading anything that kernel may have written. `attr` is
+ * filled here and must outlive the launch call. */
+static inline cudaLaunchConfig_t pdl_launch_config(dim3 grid, dim3 block, size_t smem_bytes,
+                                                   cudaStream_t stream, cudaLaunchAttribute *attr)
+{
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = smem_bytes;
+    config.stream = stream;
+    attr->id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr->val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = attr;
+    config.numAttrs = 1;
+    return config;
+}
+
 /* Query rows per CTA on the GPU: N of wgmma, R rounded up to a multiple of 8. */
 #define ETAP_SM90_MAX_ROWS 64
 

@@ -8,7 +8,8 @@
  *     S^T [64 tokens x N]  = K [64 x 576]  . Q^T [576 x N]        (wgmma m64nNk16, 36 steps)
  *     softmax along M (tokens), across the threads and warps of warpgroup 0
  *     O^T [512 x N]       += V^T [512 x 64] . P^T [64 x N]        (V^T = the same K tile,
- *                                                                   read MN-major)
+ *                                                                   read MN-major; P^T as
+ *                                                                   16-bit hi + lo halves)
  * N = R rounded up to 8: 16 heads give m64n16k16, never a padded m64n64k16.
  *
  * Warp roles (384 threads, three warpgroups):
@@ -57,7 +58,9 @@ enum { BAR_EXCHANGE = 1, BAR_P_EMPTY = 2, BAR_P_FULL = 3, BAR_CONSUMERS = 4 };
  * Shared memory map for N query rows (byte offsets from a 1024-aligned base). Every
  * operand tile is in the 128B-swizzle layout: rows of 128 bytes, and inside each 1024-byte
  * group of 8 rows the 16-byte chunk c of row r sits at chunk c ^ (r % 8).
- *   kv     [KV_STAGES][9 column blocks][64 tokens][128 B]   K tile; V = column blocks 0..7
+ *   kv     [KV_STAGES][9 column blocks][64 tokens][128 B]   K tile; V = column blocks 0..7;
+ *                                                           block 8 (RoPE) holds P_lo^T
+ *                                                           once S^T is done
  *   q      [9 column blocks][N rows][128 B]                 also the epilogue staging area
  *   p      [N rows][64 tokens * 2 B]                        P^T as wgmma's K-major B
  *   red    [2][4 warps][N] f32                              cross-warp max / sums exchange
@@ -108,6 +111,12 @@ template <int FP16> __device__ __forceinline__ float p_as_multiplied(float p)
     const float hi = round_to_half<FP16>(p);
     return hi + round_to_half<FP16>(p - hi);
 }
+
+/* wgmma accumulator fragments (m64nN, fp32): a thread holds N/4 query-row columns, slot
+ * c = 2j + e standing for column 8j + 2*(lane%4) + e, in registers d[4j + e] (its first
+ * row) and d[4j + e + 2] (that row + 8). */
+__device__ __forceinline__ int frag_col(int c, int col_base) { return 8 * (c / 2) + col_base + (c & 1); }
+__device__ __forceinline__ int frag_reg(int c) { return 4 * (c / 2) + (c & 1); }
 
 /* Byte offset of element (row, col) of a [rows][64] 16-bit tile in the 128B swizzle. */
 __device__ __forceinline__ uint32_t swizzled_offset(int row, int col)
@@ -216,7 +225,7 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
         if (softmax_wg) {
 #pragma unroll
             for (int c = 0; c < COLS; c++) {
-                const int n = 8 * (c / 2) + col_base + (c & 1);
+                const int n = frag_col(c, col_base);
                 m_run[c] = -INFINITY;
                 l_run[c] = 0.f;
                 l_rounded[c] = 0.f;
@@ -278,7 +287,7 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
                 const int tok0 = t * KV_TILE_TOKENS + row0;
 #pragma unroll
                 for (int c = 0; c < COLS; c++) {
-                    const int i0 = 4 * (c / 2) + (c & 1), i1 = i0 + 2;
+                    const int i0 = frag_reg(c), i1 = i0 + 2;
                     const float x0 = tok0 < vis_end[c] ? sacc[i0] * p.scale_log2 : -INFINITY;
                     const float x1 = tok0 + 8 < vis_end[c] ? sacc[i1] * p.scale_log2 : -INFINITY;
                     sacc[i0] = x0;
@@ -288,19 +297,19 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
                     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
                     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
                     if (lane < 4)
-                        red[warp * N + 8 * (c / 2) + col_base + (c & 1)] = mx;
+                        red[warp * N + frag_col(c, col_base)] = mx;
                 }
             }
             named_barrier_sync(BAR_EXCHANGE, CONSUMER_THREADS); /* per-warp maxima in red */
             if (softmax_wg) {
 #pragma unroll
                 for (int c = 0; c < COLS; c++) {
-                    const int col = 8 * (c / 2) + col_base + (c & 1);
+                    const int col = frag_col(c, col_base);
                     const float tile_max = fmaxf(fmaxf(red[col], red[N + col]),
                                                  fmaxf(red[2 * N + col], red[3 * N + col]));
                     const float m_new = fmaxf(m_run[c], tile_max);
                     const float m_use = m_new == -INFINITY ? 0.f : m_new;
-                    const int i0 = 4 * (c / 2) + (c & 1), i1 = i0 + 2;
+                    const int i0 = frag_reg(c), i1 = i0 + 2;
                     alpha[c] = fast_exp2(m_run[c] - m_use);
                     const float p0 = fast_exp2(sacc[i0] - m_use), p1 = fast_exp2(sacc[i1] - m_use);
                     l_run[c] = l_run[c] * alpha[c] + p0 + p1;
@@ -323,8 +332,8 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
                 /* ---- P^T into shared memory (wgmma's B, K-major: row = query row) ---- */
 #pragma unroll
                 for (int c = 0; c < COLS; c++) {
-                    const int col = 8 * (c / 2) + col_base + (c & 1);
-                    const int i0 = 4 * (c / 2) + (c & 1);
+                    const int col = frag_col(c, col_base);
+                    const int i0 = frag_reg(c);
 #pragma unroll
                     for (int h = 0; h < 2; h++) {
                         const float pv = sacc[i0 + 2 * h];
@@ -355,7 +364,7 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
             if (!softmax_wg) {
 #pragma unroll
                 for (int c = 0; c < COLS; c++)
-                    alpha[c] = alpha_smem[8 * (c / 2) + col_base + (c & 1)];
+                    alpha[c] = alpha_smem[frag_col(c, col_base)];
             }
 
             /* ---- O^T += V^T P^T: this warpgroup's 256 dims, 4 x m64 ---- */
@@ -363,7 +372,7 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
             for (int mb = 0; mb < M_BLOCKS_PER_WG; mb++)
 #pragma unroll
                 for (int c = 0; c < COLS; c++) {
-                    const int i0 = 4 * (c / 2) + (c & 1);
+                    const int i0 = frag_reg(c);
                     o[mb][i0] *= alpha[c];
                     o[mb][i0 + 2] *= alpha[c];
                 }
@@ -407,8 +416,8 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
                     lr += __shfl_xor_sync(0xffffffffu, lr, d);
                 }
                 if (lane < 4) {
-                    red[warp * N + 8 * (c / 2) + col_base + (c & 1)] = l;
-                    red[(4 + warp) * N + 8 * (c / 2) + col_base + (c & 1)] = lr;
+                    red[warp * N + frag_col(c, col_base)] = l;
+                    red[(4 + warp) * N + frag_col(c, col_base)] = lr;
                 }
             }
         }
@@ -417,7 +426,7 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
             if (warp == 0 && lane < 4) {
 #pragma unroll
                 for (int c = 0; c < COLS; c++) {
-                    const int col = 8 * (c / 2) + col_base + (c & 1);
+                    const int col = frag_col(c, col_base);
                     float l = 0.f, lr = 0.f;
                     for (int w = 0; w < 4; w++) {
                         l += red[w * N + col];
@@ -433,7 +442,7 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
         float scale[COLS];
 #pragma unroll
         for (int c = 0; c < COLS; c++)
-            scale[c] = row_scale[8 * (c / 2) + col_base + (c & 1)];
+            scale[c] = row_scale[frag_col(c, col_base)];
 
         /* ---- O^T -> [rows, 512] through shared memory (the q area), 16-byte stores ---- */
         if (direct) {
@@ -441,8 +450,8 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
             for (int mb = 0; mb < M_BLOCKS_PER_WG; mb++)
 #pragma unroll
                 for (int c = 0; c < COLS; c++) {
-                    const int col = 8 * (c / 2) + col_base + (c & 1);
-                    const int i0 = 4 * (c / 2) + (c & 1);
+                    const int col = frag_col(c, col_base);
+                    const int i0 = frag_reg(c);
                     const int dim = wg * V_DIMS_PER_WG + mb * 64 + row0;
                     uint16_t *row = (uint16_t *)(q_tile + col * STAGE_ROW_BYTES);
                     row[dim] = to_half_bits<FP16>(o[mb][i0] * scale[c]);
@@ -468,8 +477,8 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
                     for (int mb = 0; mb < M_BLOCKS_PER_WG; mb++)
 #pragma unroll
                         for (int c = 0; c < COLS; c++) {
-                            const int col = 8 * (c / 2) + col_base + (c & 1);
-                            const int i0 = 4 * (c / 2) + (c & 1);
+                            const int col = frag_col(c, col_base);
+                            const int i0 = frag_reg(c);
                             float *row = (float *)(q_tile + col * STAGE_ROW_BYTES);
                             row[mb * 64 + row0] = o[mb][i0] * scale[c];
                             row[mb * 64 + row0 + 8] = o[mb][i0 + 2] * scale[c];
@@ -561,17 +570,9 @@ cudaError_t etap_sm90_set_attributes(void)
 cudaError_t etap_sm90_launch_decode(const decode_params &p, const CUtensorMap &kv_map, int n_rows,
                                     int fp16, cudaStream_t stream)
 {
-    /* Programmatic dependent launch: the CTAs are scheduled while the previous kernel in
-     * the stream drains; the kernel waits (griddepcontrol.wait) before reading inputs. */
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(p.num_workers, p.heads_kv);
-    config.blockDim = dim3(THREADS);
-    config.stream = stream;
     cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = &attr;
-    config.numAttrs = 1;
+    cudaLaunchConfig_t config =
+        pdl_launch_config(dim3(p.num_workers, p.heads_kv), dim3(THREADS), 0, stream, &attr);
 #define LAUNCH(n, f)                                                                        \
     if (n_rows == n && fp16 == f) {                                                         \
         config.dynamicSmemBytes = smem_total(n);                                            \

@@ -131,24 +131,12 @@ __global__ void __launch_bounds__(PLAN_THREADS)
 
     /* 4. header */
     if (tid == 0) {
-        plan[ETAP_PLAN_H_MAGIC] = ETAP_PLAN_MAGIC;
-        plan[ETAP_PLAN_H_VERSION] = ETAP_PLAN_VERSION;
-        plan[ETAP_PLAN_H_BATCH] = batch;
-        plan[ETAP_PLAN_H_NUM_WORKERS] = num_workers;
-        plan[ETAP_PLAN_H_TILE_TOKENS] = ETAP_TILE_TOKENS;
-        plan[ETAP_PLAN_H_OVERHEAD] = ETAP_PLAN_OVERHEAD_UNITS;
-        plan[ETAP_PLAN_H_QUOTA_LO] = (int32_t)(quota & 0xffffffff);
-        plan[ETAP_PLAN_H_QUOTA_HI] = (int32_t)(quota >> 32);
-        plan[ETAP_PLAN_H_TOTAL_SPLITS] = (int32_t)total_splits;
         const int bad = first_bad;
-        plan[ETAP_PLAN_H_STATUS] = bad == batch ? ETAP_PLAN_OK
-                                   : lengths[bad] < 0 ? ETAP_PLAN_BAD_NEGATIVE_LEN
-                                                      : ETAP_PLAN_BAD_LEN_TOO_LONG;
-        plan[ETAP_PLAN_H_BAD_SEQ] = bad == batch ? 0 : bad;
-        plan[ETAP_PLAN_H_BAD_LEN] = bad == batch ? 0 : lengths[bad];
-        plan[ETAP_PLAN_H_MAX_SPLITS] = etap_plan_max_splits(batch, num_workers);
-        for (int i = ETAP_PLAN_H_MAX_SPLITS + 1; i < ETAP_PLAN_HEADER_WORDS; i++)
-            plan[i] = 0;
+        const int32_t status = bad == batch       ? ETAP_PLAN_OK
+                               : lengths[bad] < 0 ? ETAP_PLAN_BAD_NEGATIVE_LEN
+                                                  : ETAP_PLAN_BAD_LEN_TOO_LONG;
+        etap_plan_write_header(plan, batch, num_workers, quota, (int32_t)total_splits, status,
+                               bad == batch ? 0 : bad, bad == batch ? 0 : lengths[bad]);
     }
 }
 
