@@ -150,8 +150,10 @@ static int read_ceiling_on(cudaStream_t s, void *buf, size_t bytes, unsigned *si
                                     device));
     const int block = 256;
     const int blocks = sms * (threads_per_sm / block); /* one full wave */
-    CUDA_TRY((cudaError_t)etap_bench_read_launch(buf, bytes, sink, blocks, block, s));
-    CUDA_TRY(cudaStreamSynchronize(s)); /* warm-up */
+    /* warm-up: three full passes, so that the clocks have left any idle state */
+    for (int w = 0; w < 3; w++)
+        CUDA_TRY((cudaError_t)etap_bench_read_launch(buf, bytes, sink, blocks, block, s));
+    CUDA_TRY(cudaStreamSynchronize(s));
 
     cudaEvent_t start, stop;
     CUDA_TRY(cudaEventCreate(&start));
@@ -170,7 +172,9 @@ static int read_ceiling_on(cudaStream_t s, void *buf, size_t bytes, unsigned *si
     }
     cudaEventDestroy(start);
     cudaEventDestroy(stop);
-    *gbps = (double)bytes / (bench_median(ms, reps) * 1e-3) * 1e-9;
+    /* A ceiling is the best rate the card gave: the fastest pass. The median moved between
+     * 3950 and 4438 GB/s across runs of one day while etap's own times moved by 2%. */
+    *gbps = (double)bytes / (bench_min(ms, reps) * 1e-3) * 1e-9;
     return 0;
 }
 

@@ -63,17 +63,19 @@ enum { BAR_EXCHANGE = 1, BAR_P_EMPTY = 2, BAR_P_FULL = 3, BAR_CONSUMERS = 4 };
  *                                                           once S^T is done
  *   q      [9 column blocks][N rows][128 B]                 also the epilogue staging area
  *   p      [N rows][64 tokens * 2 B]                        P^T as wgmma's K-major B
- *   red    [2][4 warps][N] f32                              cross-warp max / sums exchange
+ *   red    [4 warps][N] f32                                 cross-warp max / sum exchange
  *   alpha, row_scale, row_lse  [N] f32
+ *   vis_end [N] int                                        keys each row may see (this sequence)
  *   bars   full[KV_STAGES], empty[KV_STAGES]               mbarriers
  */
 __host__ __device__ constexpr int smem_q_offset(void) { return KV_STAGES * KV_TILE_BYTES; }
 __host__ __device__ constexpr int smem_p_offset(int n) { return smem_q_offset() + n * 1152; }
 __host__ __device__ constexpr int smem_red_offset(int n) { return smem_p_offset(n) + n * 128; }
-__host__ __device__ constexpr int smem_alpha_offset(int n) { return smem_red_offset(n) + 32 * n; }
+__host__ __device__ constexpr int smem_alpha_offset(int n) { return smem_red_offset(n) + 16 * n; }
 __host__ __device__ constexpr int smem_scale_offset(int n) { return smem_alpha_offset(n) + 4 * n; }
 __host__ __device__ constexpr int smem_lse_offset(int n) { return smem_scale_offset(n) + 4 * n; }
-__host__ __device__ constexpr int smem_bar_offset(int n) { return smem_lse_offset(n) + 4 * n; }
+__host__ __device__ constexpr int smem_vis_offset(int n) { return smem_lse_offset(n) + 4 * n; }
+__host__ __device__ constexpr int smem_bar_offset(int n) { return smem_vis_offset(n) + 4 * n; }
 __host__ __device__ constexpr int smem_total(int n) { return smem_bar_offset(n) + 16 * KV_STAGES; }
 
 static_assert(smem_total(ETAP_SM90_MAX_ROWS) <= 227 * 1024, "shared memory budget at N = 64");
@@ -105,11 +107,16 @@ template <> __device__ __forceinline__ float round_to_half<1>(float x)
     return __half2float(__float2half_rn(x));
 }
 
-/* The value of P that the PV product multiplies: P_hi + P_lo. */
-template <int FP16> __device__ __forceinline__ float p_as_multiplied(float p)
+/* End (exclusive) of the keys query row n may see: len, or len - s_q + s + 1 when causal
+ * (bottom-right aligned, row n = s * group + g); 0 for the padding rows n >= R. */
+__device__ __forceinline__ int visible_end(const decode_params &p, int len, int n)
 {
-    const float hi = round_to_half<FP16>(p);
-    return hi + round_to_half<FP16>(p - hi);
+    if (n >= p.rows)
+        return 0;
+    if (!p.causal)
+        return len;
+    const int end = len - p.seqlen_q + n / p.group + 1;
+    return end < 0 ? 0 : (end > len ? len : end);
 }
 
 /* wgmma accumulator fragments (m64nN, fp32): a thread holds N/4 query-row columns, slot
@@ -184,6 +191,7 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
     float *alpha_smem = (float *)(smem + smem_alpha_offset(N));
     float *row_scale = (float *)(smem + smem_scale_offset(N));
     float *row_lse = (float *)(smem + smem_lse_offset(N));
+    int *vis_end = (int *)(smem + smem_vis_offset(N));
     const int32_t *split_offset = p.plan + etap_plan_split_offset_offset(p.num_workers);
     const int32_t *first_worker = p.plan + etap_plan_first_worker_offset(p.batch, p.num_workers);
     const int worker = blockIdx.x, kv_head = blockIdx.y;
@@ -212,10 +220,10 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
         const int n_splits = split_offset[seq + 1] - split_offset[seq];
         const int split = split_offset[seq] + worker - first_worker[seq];
 
-        /* per column: running max (log2 domain), exact sum (for lse), sum of the 16-bit
-         * rounded P actually multiplied into O (for normalising out) */
-        float m_run[COLS], l_run[COLS], l_rounded[COLS], alpha[COLS];
-        int vis_end[COLS];
+        /* per column: running max (log2 domain) and sum; P enters the PV product as hi + lo
+         * 16-bit halves, equal to p within ~2^-17, so one exact sum normalises out and
+         * gives lse */
+        float m_run[COLS], l_run[COLS], alpha[COLS];
 #pragma unroll
         for (int mb = 0; mb < M_BLOCKS_PER_WG; mb++)
 #pragma unroll
@@ -225,21 +233,12 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
         if (softmax_wg) {
 #pragma unroll
             for (int c = 0; c < COLS; c++) {
-                const int n = frag_col(c, col_base);
                 m_run[c] = -INFINITY;
                 l_run[c] = 0.f;
-                l_rounded[c] = 0.f;
-                int end = 0;
-                if (n < p.rows) {
-                    end = len;
-                    if (p.causal) {
-                        const int s_pos = n / p.group;
-                        end = len - p.seqlen_q + s_pos + 1;
-                        end = end < 0 ? 0 : (end > len ? len : end);
-                    }
-                }
-                vis_end[c] = end;
             }
+            /* once per sequence: the division in visible_end stays off the tile loop */
+            for (int n = ctid; n < N; n += 128)
+                vis_end[n] = visible_end(p, len, n);
             /* Q rows of this (sequence, KV head) into the swizzled q tile; pad rows = 0. */
             for (int idx = ctid; idx < N * 72; idx += 128) {
                 const int n = idx / 72, chunk = idx % 72, cb = chunk / 8;
@@ -255,7 +254,7 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
             }
             fence_proxy_async_smem();
         }
-        named_barrier_sync(BAR_EXCHANGE, CONSUMER_THREADS); /* q tile ready */
+        named_barrier_sync(BAR_EXCHANGE, CONSUMER_THREADS); /* q tile and vis_end ready */
 
         for (int t = t0; t < t1; t++, it++) {
             const int s = it % KV_STAGES;
@@ -288,8 +287,9 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
 #pragma unroll
                 for (int c = 0; c < COLS; c++) {
                     const int i0 = frag_reg(c), i1 = i0 + 2;
-                    const float x0 = tok0 < vis_end[c] ? sacc[i0] * p.scale_log2 : -INFINITY;
-                    const float x1 = tok0 + 8 < vis_end[c] ? sacc[i1] * p.scale_log2 : -INFINITY;
+                    const int end = vis_end[frag_col(c, col_base)];
+                    const float x0 = tok0 < end ? sacc[i0] * p.scale_log2 : -INFINITY;
+                    const float x1 = tok0 + 8 < end ? sacc[i1] * p.scale_log2 : -INFINITY;
                     sacc[i0] = x0;
                     sacc[i1] = x1;
                     float mx = fmaxf(x0, x1);
@@ -313,13 +313,8 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
                     alpha[c] = fast_exp2(m_run[c] - m_use);
                     const float p0 = fast_exp2(sacc[i0] - m_use), p1 = fast_exp2(sacc[i1] - m_use);
                     l_run[c] = l_run[c] * alpha[c] + p0 + p1;
-                    /* P enters the PV product as 16-bit values (hi + lo for bf16); out is
-                     * normalised by the sum of exactly those values, so that numerator and
-                     * denominator agree. */
                     sacc[i0] = p0;
                     sacc[i1] = p1;
-                    l_rounded[c] = l_rounded[c] * alpha[c] + p_as_multiplied<FP16>(p0) +
-                                   p_as_multiplied<FP16>(p1);
                     m_run[c] = m_new;
                 }
             }
@@ -407,18 +402,13 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
         /* ---- epilogue: row sums across warps, 1/l, lse ---- */
         const bool direct = n_splits == 1;
         if (softmax_wg) {
-            /* red holds [4 warps][N] exact sums, then [4 warps][N] rounded sums */
 #pragma unroll
             for (int c = 0; c < COLS; c++) {
-                float l = l_run[c], lr = l_rounded[c];
-                for (int d = 4; d < 32; d *= 2) {
+                float l = l_run[c];
+                for (int d = 4; d < 32; d *= 2)
                     l += __shfl_xor_sync(0xffffffffu, l, d);
-                    lr += __shfl_xor_sync(0xffffffffu, lr, d);
-                }
-                if (lane < 4) {
+                if (lane < 4)
                     red[warp * N + frag_col(c, col_base)] = l;
-                    red[(4 + warp) * N + frag_col(c, col_base)] = lr;
-                }
             }
         }
         named_barrier_sync(BAR_EXCHANGE, CONSUMER_THREADS); /* per-warp sums in red */
@@ -427,12 +417,8 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
 #pragma unroll
                 for (int c = 0; c < COLS; c++) {
                     const int col = frag_col(c, col_base);
-                    float l = 0.f, lr = 0.f;
-                    for (int w = 0; w < 4; w++) {
-                        l += red[w * N + col];
-                        lr += red[(4 + w) * N + col];
-                    }
-                    row_scale[col] = lr > 0.f ? 1.f / lr : 0.f;
+                    const float l = red[col] + red[N + col] + red[2 * N + col] + red[3 * N + col];
+                    row_scale[col] = l > 0.f ? 1.f / l : 0.f;
                     row_lse[col] = l > 0.f ? (m_run[c] + log2f(l)) * 0.6931471805599453f
                                            : (direct ? INFINITY : -INFINITY);
                 }
