@@ -31,6 +31,24 @@ int cu_device_available(void)
     return 1;
 }
 
+int cu_open_handle(etap_handle *h, tu_tally *t)
+{
+    *h = NULL;
+    if (!cu_device_available())
+        return 77;
+    etap_options o = {ETAP_BACKEND_CUDA, 0, 0};
+    etap_status st = etap_create(h, &o);
+    if (st == ETAP_ERR_NO_DEVICE) {
+        printf("skipped: no CUDA device etap can use: %s\n", etap_last_error_message());
+        return 77;
+    }
+    if (st != ETAP_OK) {
+        tu_fail(t, "etap_create(CUDA): %s: %s", etap_status_string(st), etap_last_error_message());
+        return 0;
+    }
+    return 1;
+}
+
 int cu_malloc(void **p, size_t bytes, const char *what)
 {
     *p = NULL;

@@ -14,6 +14,11 @@
 /* 1 when a CUDA device can be used; prints "skipped: no CUDA device" and returns 0 if not. */
 int cu_device_available(void);
 
+/* Opens a CUDA-backend handle for a device test. Returns 1 with *h set; 77 (the CTest skip
+ * code) after printing why when there is no CUDA device etap can use; 0 after recording a
+ * failure in `t` when etap_create fails otherwise. */
+int cu_open_handle(etap_handle *h, tu_tally *t);
+
 /* Wrappers: each returns 0 on success, -1 after printing the CUDA error with `what`. */
 int cu_malloc(void **p, size_t bytes, const char *what);
 void cu_free(void *p);

@@ -278,19 +278,10 @@ static void test_invalid_length(etap_handle h)
 
 int main(void)
 {
-    if (!cu_device_available())
-        return 77;
     etap_handle h = NULL;
-    etap_options o = {ETAP_BACKEND_CUDA, 0, 0};
-    etap_status st = etap_create(&h, &o);
-    if (st == ETAP_ERR_NO_DEVICE) {
-        printf("skipped: no CUDA device etap can use: %s\n", etap_last_error_message());
-        return 77;
-    }
-    if (st != ETAP_OK) {
-        tu_fail(&T, "etap_create(CUDA): %s: %s", etap_status_string(st), etap_last_error_message());
-        return tu_finish(&T);
-    }
+    const int opened = cu_open_handle(&h, &T);
+    if (opened != 1)
+        return opened == 77 ? 77 : tu_finish(&T);
     etap_backend be = ETAP_BACKEND_AUTO;
     etap_get_backend(h, &be);
     if (be != ETAP_BACKEND_CUDA)

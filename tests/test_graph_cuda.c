@@ -57,19 +57,10 @@ static int build_replay(tu_case *c, const int32_t *lens, etap_dtype dt, uint64_t
 
 int main(void)
 {
-    if (!cu_device_available())
-        return 77;
     etap_handle h = NULL;
-    etap_options o = {ETAP_BACKEND_CUDA, 0, 0};
-    etap_status st = etap_create(&h, &o);
-    if (st == ETAP_ERR_NO_DEVICE) {
-        printf("skipped: no CUDA device etap can use: %s\n", etap_last_error_message());
-        return 77;
-    }
-    if (st != ETAP_OK) {
-        tu_fail(&T, "etap_create(CUDA): %s", etap_last_error_message());
-        return tu_finish(&T);
-    }
+    const int opened = cu_open_handle(&h, &T);
+    if (opened != 1)
+        return opened == 77 ? 77 : tu_finish(&T);
 
     for (int dti = 0; dti < 2; dti++) {
         const etap_dtype dt = dti ? ETAP_DTYPE_FP16 : ETAP_DTYPE_BF16;
