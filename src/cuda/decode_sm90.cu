@@ -44,6 +44,7 @@
 #define PV_K_STEPS (KV_TILE_TOKENS / 16)
 #define THREADS 384
 #define CONSUMER_THREADS 256
+#define Q_LOADS_IN_FLIGHT 8 /* per thread, when loading Q */
 #define STAGE_ROW_BYTES 1040 /* epilogue staging row: 1024 B + 16 B pad against bank conflicts */
 
 static_assert(KV_TILE_TOKENS == ETAP_TILE_TOKENS, "the plan's tile is the kernel's M");
@@ -224,12 +225,6 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
          * 16-bit halves, equal to p within ~2^-17, so one exact sum normalises out and
          * gives lse */
         float m_run[COLS], l_run[COLS], alpha[COLS];
-#pragma unroll
-        for (int mb = 0; mb < M_BLOCKS_PER_WG; mb++)
-#pragma unroll
-            for (int i = 0; i < N / 2; i++)
-                o[mb][i] = 0.f;
-
         if (softmax_wg) {
 #pragma unroll
             for (int c = 0; c < COLS; c++) {
@@ -239,22 +234,43 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
             /* once per sequence: the division in visible_end stays off the tile loop */
             for (int n = ctid; n < N; n += 128)
                 vis_end[n] = visible_end(p, len, n);
-            /* Q rows of this (sequence, KV head) into the swizzled q tile; pad rows = 0. */
-            for (int idx = ctid; idx < N * 72; idx += 128) {
-                const int n = idx / 72, chunk = idx % 72, cb = chunk / 8;
-                uint4 v = make_uint4(0, 0, 0, 0);
-                if (n < p.rows) {
-                    const int s_pos = n / p.group, head = kv_head * p.group + n % p.group;
-                    const uint16_t *src = (const uint16_t *)p.q + seq * p.q_stride_batch +
-                                          s_pos * p.q_stride_seq + head * p.q_stride_head;
-                    v = *(const uint4 *)(src + chunk * 8);
+            /* Q rows of this (sequence, KV head) into the swizzled q tile; pad rows = 0.
+             * Loads go out Q_LOADS_IN_FLIGHT at a time before any store: stored one by one,
+             * each load waited for the previous store (the generic pointers may alias), and
+             * the 9 round trips of N = 16 took ~8 us per sequence (measured, docs/perf.md). */
+            constexpr int Q_CHUNKS = N * 72; /* 16-byte chunks: N rows x 576 x 2 bytes */
+            constexpr int Q_ITERS = (Q_CHUNKS + 127) / 128;
+#pragma unroll 1
+            for (int i0 = 0; i0 < Q_ITERS; i0 += Q_LOADS_IN_FLIGHT) {
+                uint4 v[Q_LOADS_IN_FLIGHT];
+#pragma unroll
+                for (int j = 0; j < Q_LOADS_IN_FLIGHT; j++) {
+                    const int idx = ctid + (i0 + j) * 128, n = idx / 72, chunk = idx % 72;
+                    v[j] = make_uint4(0, 0, 0, 0);
+                    if (i0 + j < Q_ITERS && idx < Q_CHUNKS && n < p.rows) {
+                        const int s_pos = n / p.group, head = kv_head * p.group + n % p.group;
+                        const uint16_t *src = (const uint16_t *)p.q + seq * p.q_stride_batch +
+                                              s_pos * p.q_stride_seq + head * p.q_stride_head;
+                        v[j] = __ldg((const uint4 *)(src + chunk * 8));
+                    }
                 }
-                *(uint4 *)(q_tile + cb * N * SWIZZLE_ROW_BYTES +
-                           swizzled_offset(n, (chunk % 8) * 8)) = v;
+#pragma unroll
+                for (int j = 0; j < Q_LOADS_IN_FLIGHT; j++) {
+                    const int idx = ctid + (i0 + j) * 128, n = idx / 72, chunk = idx % 72;
+                    if (i0 + j < Q_ITERS && idx < Q_CHUNKS)
+                        *(uint4 *)(q_tile + (chunk / 8) * N * SWIZZLE_ROW_BYTES +
+                                   swizzled_offset(n, (chunk % 8) * 8)) = v[j];
+                }
             }
             fence_proxy_async_smem();
         }
         named_barrier_sync(BAR_EXCHANGE, CONSUMER_THREADS); /* q tile and vis_end ready */
+        /* (zeroed only now: O^T is dead while the Q loads are in flight) */
+#pragma unroll
+        for (int mb = 0; mb < M_BLOCKS_PER_WG; mb++)
+#pragma unroll
+            for (int i = 0; i < N / 2; i++)
+                o[mb][i] = 0.f;
 
         for (int t = t0; t < t1; t++, it++) {
             const int s = it % KV_STAGES;
