@@ -180,6 +180,29 @@ __device__ __forceinline__ void produce_kv_tiles(const CUtensorMap &kv_map, cons
     }
 }
 
+/* Writes this thread's O^T fragments, scaled per row, into the staging rows of the q area
+ * as [N rows][T] with dims from dim0 (T = the output's 16-bit type, or fp32 partials). */
+template <typename T, int N, int FP16>
+__device__ __forceinline__ void stage_o(uint8_t *q_tile, const float (&o)[M_BLOCKS_PER_WG][N / 2],
+                                        const float (&scale)[N / 4], int dim0, int row0,
+                                        int col_base)
+{
+#pragma unroll
+    for (int mb = 0; mb < M_BLOCKS_PER_WG; mb++)
+#pragma unroll
+        for (int c = 0; c < N / 4; c++) {
+            const int i0 = frag_reg(c), dim = dim0 + mb * 64 + row0;
+            T *row = (T *)(q_tile + frag_col(c, col_base) * STAGE_ROW_BYTES);
+            if constexpr (sizeof(T) == 2) {
+                row[dim] = to_half_bits<FP16>(o[mb][i0] * scale[c]);
+                row[dim + 8] = to_half_bits<FP16>(o[mb][i0 + 2] * scale[c]);
+            } else {
+                row[dim] = o[mb][i0] * scale[c];
+                row[dim + 8] = o[mb][i0 + 2] * scale[c];
+            }
+        }
+}
+
 /* The two consumer warpgroups (threads 0..255): S^T, softmax and P^T in warpgroup 0,
  * O^T for 256 dims in each, then the epilogue of each (sequence, split). */
 template <int N, int FP16>
@@ -448,17 +471,7 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
 
         /* ---- O^T -> [rows, 512] through shared memory (the q area), 16-byte stores ---- */
         if (direct) {
-#pragma unroll
-            for (int mb = 0; mb < M_BLOCKS_PER_WG; mb++)
-#pragma unroll
-                for (int c = 0; c < COLS; c++) {
-                    const int col = frag_col(c, col_base);
-                    const int i0 = frag_reg(c);
-                    const int dim = wg * V_DIMS_PER_WG + mb * 64 + row0;
-                    uint16_t *row = (uint16_t *)(q_tile + col * STAGE_ROW_BYTES);
-                    row[dim] = to_half_bits<FP16>(o[mb][i0] * scale[c]);
-                    row[dim + 8] = to_half_bits<FP16>(o[mb][i0 + 2] * scale[c]);
-                }
+            stage_o<uint16_t, N, FP16>(q_tile, o, scale, wg * V_DIMS_PER_WG, row0, col_base);
             named_barrier_sync(BAR_CONSUMERS, CONSUMER_THREADS);
             for (int idx = ctid; idx < p.rows * 64; idx += CONSUMER_THREADS) {
                 const int n = idx / 64, chunk = idx % 64;
@@ -474,18 +487,8 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
         } else {
             const int64_t part_row0 = ((int64_t)split * p.heads_kv + kv_head) * p.rows;
             for (int half = 0; half < 2; half++) {
-                if (wg == half) {
-#pragma unroll
-                    for (int mb = 0; mb < M_BLOCKS_PER_WG; mb++)
-#pragma unroll
-                        for (int c = 0; c < COLS; c++) {
-                            const int col = frag_col(c, col_base);
-                            const int i0 = frag_reg(c);
-                            float *row = (float *)(q_tile + col * STAGE_ROW_BYTES);
-                            row[mb * 64 + row0] = o[mb][i0] * scale[c];
-                            row[mb * 64 + row0 + 8] = o[mb][i0 + 2] * scale[c];
-                        }
-                }
+                if (wg == half)
+                    stage_o<float, N, FP16>(q_tile, o, scale, 0, row0, col_base);
                 named_barrier_sync(BAR_CONSUMERS, CONSUMER_THREADS);
                 for (int idx = ctid; idx < p.rows * 64; idx += CONSUMER_THREADS) {
                     const int n = idx / 64, chunk = idx % 64;
