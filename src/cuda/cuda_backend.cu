@@ -271,7 +271,7 @@ extern "C" etap_status etap_cuda_decode(const struct etap_handle_s *h, const eta
     p.partial_out = (float *)workspace;
     p.partial_lse = p.partial_out + (int64_t)p.max_splits * p.heads_kv * p.rows * ETAP_HEAD_DIM_V;
 
-    const int n_rows = (p.rows + 7) / 8 * 8;
+    const int n_rows = (p.rows + ETAP_SM90_ROW_STEP - 1) / ETAP_SM90_ROW_STEP * ETAP_SM90_ROW_STEP;
     const int fp16 = s->dtype == ETAP_DTYPE_FP16;
     device_scope scope;
     CUDA_TRY(enter_device(h, &scope), "cudaSetDevice");

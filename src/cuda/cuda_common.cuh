@@ -50,8 +50,10 @@ static inline cudaLaunchConfig_t pdl_launch_config(dim3 grid, dim3 block, size_t
     return config;
 }
 
-/* Query rows per CTA on the GPU: N of wgmma, R rounded up to a multiple of 8. */
+/* Query rows per CTA on the GPU: N, R rounded up to a multiple of ETAP_SM90_ROW_STEP (each
+ * consumer warpgroup computes S^T for N/2 of them, and wgmma's N is a multiple of 8). */
 #define ETAP_SM90_MAX_ROWS 64
+#define ETAP_SM90_ROW_STEP 16
 
 /* decode_sm90.cu */
 int etap_sm90_smem_bytes(int n_rows);

@@ -15,8 +15,10 @@
  * Warp roles (384 threads, three warpgroups):
  *   WG0 (threads   0..127): S^T, the softmax, P^T and its 256 columns of O^T (dims 0..255)
  *   WG1 (threads 128..255): the other 256 columns of O^T (dims 256..511)
- *   WG2 (threads 256..383): producer; one thread issues the bulk tensor copies of the
- *                           KV tiles into a KV_STAGES-deep ring (mbarriers full/empty)
+ *   WG2 (threads 256..383): producer; all 128 threads copy each sequence's Q rows with
+ *                           cp.async (mbarriers q_full/q_empty), then one thread issues the
+ *                           bulk tensor copies of the KV tiles into a KV_STAGES-deep ring
+ *                           (mbarriers full/empty)
  * docs/cuda-kernel.md has the shared-memory map, the barrier protocol and the fragment
  * layouts in full.
  */
@@ -27,6 +29,7 @@
 #include "../plan.h"
 #include "cuda_common.cuh"
 #include "ptx.cuh"
+#include "trace.cuh"
 #include "wgmma_ops.cuh"
 
 /* ---- tile geometry --------------------------------------------------------------------- */
@@ -44,8 +47,14 @@
 #define PV_K_STEPS (KV_TILE_TOKENS / 16)
 #define THREADS 384
 #define CONSUMER_THREADS 256
-#define Q_LOADS_IN_FLIGHT 8 /* per thread, when loading Q */
-#define STAGE_ROW_BYTES 1040 /* epilogue staging row: 1024 B + 16 B pad against bank conflicts */
+#define PRODUCER_THREADS 128
+#define Q_COPY_THREADS 96 /* producer warps 1..3 */
+/* Registers per thread after setmaxnreg (the 64K register file: 128 x (producer + 2 x
+ * consumer) <= 65536): the consumers need the most at N = 64, the producer's Q copy spills
+ * below 56. */
+#define CONSUMER_REGS(n) ((n) > 48 ? 232 : 224)
+#define PRODUCER_REGS(n) ((n) > 48 ? 40 : 56)
+#define Q_CHUNKS_PER_ROW 72 /* 16-byte chunks of one 576-wide 16-bit row */
 
 static_assert(KV_TILE_TOKENS == ETAP_TILE_TOKENS, "the plan's tile is the kernel's M");
 
@@ -53,38 +62,66 @@ static_assert(KV_TILE_TOKENS == ETAP_TILE_TOKENS, "the plan's tile is the kernel
  * called from one code site that all 256 threads pass in the same order, so the barrier
  * sequence is identical for every consumer warp (the simplest protocol to check, and the
  * one compute-sanitizer's racecheck reasons about exactly). */
-enum { BAR_EXCHANGE = 1, BAR_P_EMPTY = 2, BAR_P_FULL = 3, BAR_CONSUMERS = 4 };
+enum { BAR_EXCHANGE = 1, BAR_P_EMPTY = 2, BAR_P_FULL = 3 };
+
+/* The kernel's mbarriers, in shared memory. */
+struct ring_bars {
+    uint64_t *full, *empty; /* [KV_STAGES]: a KV tile landed / its stage may be refilled */
+    uint64_t *q_full;       /* this sequence's Q rows landed (Q_COPY_THREADS arrivals) */
+    uint64_t *q_empty;      /* S^T is done with them (CONSUMER_THREADS arrivals) */
+};
 
 /*
  * Shared memory map for N query rows (byte offsets from a 1024-aligned base). Every
  * operand tile is in the 128B-swizzle layout: rows of 128 bytes, and inside each 1024-byte
  * group of 8 rows the 16-byte chunk c of row r sits at chunk c ^ (r % 8).
  *   kv     [KV_STAGES][9 column blocks][64 tokens][128 B]   K tile; V = column blocks 0..7;
- *                                                           block 8 (RoPE) holds P_lo^T
- *                                                           once S^T is done
- *   q      [9 column blocks][N rows][128 B]                 also the epilogue staging area
- *   p      [N rows][64 tokens * 2 B]                        P^T as wgmma's K-major B
+ *                                                           for N > 32, block 8 (RoPE) holds
+ *                                                           P_lo^T once S^T is done
+ *   q      [9 column blocks][N rows][128 B]                 Q^T as wgmma's K-major B
+ *   p      [N rows][64 tokens * 2 B]                        P_hi^T as wgmma's K-major B;
+ *          (N <= 32: [2N rows], P_lo^T in rows N..2N-1)
  *   red    [4 warps][N] f32                                 cross-warp max / sum exchange
- *   alpha, row_scale, row_lse  [N] f32
+ *   alpha  [N] f32                                          per-row rescale of this tile
  *   vis_end [N] int                                        keys each row may see (this sequence)
- *   bars   full[KV_STAGES], empty[KV_STAGES]               mbarriers
+ *   bars   full[KV_STAGES], empty[KV_STAGES], q_full, q_empty   mbarriers
  */
+/* N <= 32: P_hi and P_lo are stacked on wgmma's N (one m64n2Nk16 per step reads V once and
+ * keeps O_hi, O_lo in separate accumulators, added in the epilogue); above, the registers
+ * for 2N columns are not there and P_lo takes the spent RoPE block of the tile instead. */
+__host__ __device__ constexpr bool stacked_p(int n) { return n <= 32; }
+/* fp32 accumulators per thread for one m64 block of O^T: N/2, or N with the stacked P */
+__host__ __device__ constexpr int o_regs(int n) { return stacked_p(n) ? n : n / 2; }
 __host__ __device__ constexpr int smem_q_offset(void) { return KV_STAGES * KV_TILE_BYTES; }
 __host__ __device__ constexpr int smem_p_offset(int n) { return smem_q_offset() + n * 1152; }
-__host__ __device__ constexpr int smem_red_offset(int n) { return smem_p_offset(n) + n * 128; }
+__host__ __device__ constexpr int smem_red_offset(int n)
+{
+    return smem_p_offset(n) + (stacked_p(n) ? 2 : 1) * n * 128;
+}
 __host__ __device__ constexpr int smem_alpha_offset(int n) { return smem_red_offset(n) + 16 * n; }
-__host__ __device__ constexpr int smem_scale_offset(int n) { return smem_alpha_offset(n) + 4 * n; }
-__host__ __device__ constexpr int smem_lse_offset(int n) { return smem_scale_offset(n) + 4 * n; }
-__host__ __device__ constexpr int smem_vis_offset(int n) { return smem_lse_offset(n) + 4 * n; }
+__host__ __device__ constexpr int smem_vis_offset(int n) { return smem_alpha_offset(n) + 4 * n; }
 __host__ __device__ constexpr int smem_bar_offset(int n) { return smem_vis_offset(n) + 4 * n; }
-__host__ __device__ constexpr int smem_total(int n) { return smem_bar_offset(n) + 16 * KV_STAGES; }
+__host__ __device__ constexpr int smem_total(int n) { return smem_bar_offset(n) + 8 * (2 * KV_STAGES + 2); }
 
 static_assert(smem_total(ETAP_SM90_MAX_ROWS) <= 227 * 1024, "shared memory budget at N = 64");
 static_assert(smem_q_offset() % 1024 == 0, "q tile must be 1024-aligned for the swizzle");
-static_assert(STAGE_ROW_BYTES * ETAP_SM90_MAX_ROWS <= 1152 * ETAP_SM90_MAX_ROWS,
-              "epilogue staging fits in the q area");
 
 int etap_sm90_smem_bytes(int n_rows) { return smem_total(n_rows); }
+
+#ifdef ETAP_TRACE
+/* Slots (trace.cuh): 0 entry, 1 griddepcontrol.wait done, 2 plan read, 3 exit, 4 first Q
+ * ready, 5 + 2k / 6 + 2k tile k < 10 full / PV done, 25 / 26 last tile done / epilogue
+ * done, 27 tiles, 28 sequences, 30 + 2k / 31 + 2k producer tile k < 5 stage free / issued,
+ * 40..43 tile 2: S^T done, softmax done, P full, PV issued; 44 last epilogue: sums
+ * exchanged. */
+__device__ unsigned long long etap_trace_split[ETAP_TRACE_CTAS][ETAP_TRACE_SLOTS];
+extern "C" __attribute__((visibility("default"))) int etap_debug_trace_copy(void *dst, size_t bytes)
+{
+    if (bytes > sizeof etap_trace_split)
+        bytes = sizeof etap_trace_split;
+    return cudaMemcpyFromSymbol(dst, etap_trace_split, bytes) != cudaSuccess;
+}
+#endif
 
 /* ---- small helpers --------------------------------------------------------------------- */
 
@@ -149,92 +186,178 @@ __device__ __forceinline__ void seq_tiles(const worker_range &w, int seq, int le
 
 /* ---- the kernel ------------------------------------------------------------------------ */
 
-/* The producer: one thread walks the worker's tiles in the consumers' order and keeps
- * KV_STAGES bulk tensor copies ahead of them. */
-__device__ __forceinline__ void produce_kv_tiles(const CUtensorMap &kv_map, const decode_params &p,
-                                                 const worker_range &wr, uint8_t *smem,
-                                                 uint64_t *full, uint64_t *empty)
+/* Q rows of (seq, this KV head) into the swizzled q tile with cp.async, by Q_COPY_THREADS
+ * threads; padding rows (n >= R) are zero-filled. */
+template <int N>
+__device__ __forceinline__ void copy_q_rows(const decode_params &p, int seq, int kv_head,
+                                            uint8_t *q_tile, int qtid)
 {
-    const int kv_head = blockIdx.y;
+    const uint16_t *q_seq = (const uint16_t *)p.q + seq * p.q_stride_batch;
+    for (int idx = qtid; idx < N * Q_CHUNKS_PER_ROW; idx += Q_COPY_THREADS) {
+        const int n = idx / Q_CHUNKS_PER_ROW, chunk = idx % Q_CHUNKS_PER_ROW;
+        const bool real = n < p.rows;
+        const uint16_t *src = q_seq + chunk * 8;
+        if (real)
+            src += (n / p.group) * p.q_stride_seq + (kv_head * p.group + n % p.group) * p.q_stride_head;
+        cp_async_16(q_tile + (chunk / 8) * N * SWIZZLE_ROW_BYTES + swizzled_offset(n, (chunk % 8) * 8),
+                    src, real ? 16 : 0);
+    }
+}
+
+/* The producer warpgroup. Warps 1..3 copy each sequence's Q rows of this KV head into the
+ * swizzled q tile with cp.async (padding rows zero-filled) as soon as S^T is done with the
+ * previous ones; lane 0 of warp 0 walks the KV tiles in the consumers' order and keeps
+ * KV_STAGES bulk tensor copies ahead, reading each tile's block-table entry one tile early
+ * (the first one of a sequence together with its length). */
+template <int N>
+__device__ __forceinline__ void produce(const CUtensorMap &kv_map, const decode_params &p,
+                                        const worker_range &wr, uint8_t *smem, const ring_bars &b)
+{
+    const int kv_head = blockIdx.y, ptid = threadIdx.x - CONSUMER_THREADS;
+    if (ptid >= 32) {
+        const int qtid = ptid - 32;
+        uint8_t *q_tile = smem + smem_q_offset();
+        int qi = 0;
+        /* the worker's first sequence almost never turns out empty, so its Q copy goes out
+         * before its length is read */
+        bool early = true;
+        for (int seq = wr.first_seq; seq <= wr.last_seq; seq++) {
+            if (early)
+                copy_q_rows<N>(p, seq, kv_head, q_tile, qtid);
+            int t0, t1;
+            seq_tiles(wr, seq, p.seqlens[seq], p.max_len, &t0, &t1);
+            if (t0 >= t1) {
+                /* the consumers skip it too; an early copy must land before the next one */
+                if (early)
+                    cp_async_wait_all();
+                early = false;
+                continue;
+            }
+            if (!early) {
+                if (qi > 0)
+                    mbarrier_wait(b.q_empty, (qi - 1) & 1);
+                copy_q_rows<N>(p, seq, kv_head, q_tile, qtid);
+            }
+            early = false;
+            cp_async_mbarrier_arrive_noinc(b.q_full);
+            qi++;
+        }
+        return;
+    }
+    if (ptid != 0)
+        return;
+    const int last_page = p.max_len / p.page_size - 1; /* the block table row's last entry */
     int it = 0;
     for (int seq = wr.first_seq; seq <= wr.last_seq; seq++) {
+        const int32_t *pages = p.block_table + (int64_t)seq * p.block_table_stride;
+        /* the first tile's entry is read before the length is known (it stays inside the
+         * row), so both DRAM round trips overlap */
+        const int first = seq == wr.first_seq ? wr.first_tile : 0;
+        int32_t next_page = pages[min((int)((int64_t)first * KV_TILE_TOKENS / p.page_size), last_page)];
         int t0, t1;
         seq_tiles(wr, seq, p.seqlens[seq], p.max_len, &t0, &t1);
-        const int32_t *pages = p.block_table + (int64_t)seq * p.block_table_stride;
         for (int t = t0; t < t1; t++, it++) {
             const int s = it % KV_STAGES;
-            /* the block-table read is issued before the wait for a free stage, so its
-             * DRAM round trip overlaps the wait instead of delaying the copy */
-            const int64_t token = (int64_t)t * KV_TILE_TOKENS;
-            const int32_t page = pages[token / p.page_size];
-            const int32_t in_page = (int32_t)(token % p.page_size);
+            const int32_t page = next_page;
+            const int32_t in_page = (int32_t)(((int64_t)t * KV_TILE_TOKENS) % p.page_size);
+            /* the next tile's entry is read before the wait for a free stage */
+            if (t + 1 < t1)
+                next_page = pages[(int64_t)(t + 1) * KV_TILE_TOKENS / p.page_size];
             if (it >= KV_STAGES)
-                mbarrier_wait(&empty[s], ((it / KV_STAGES) - 1) & 1);
-            mbarrier_arrive_expect_tx(&full[s], KV_TILE_BYTES);
+                mbarrier_wait(&b.empty[s], ((it / KV_STAGES) - 1) & 1);
+            ETAP_TRACE_SPLIT(30 + 2 * it, it < 5);
+            mbarrier_arrive_expect_tx(&b.full[s], KV_TILE_BYTES);
             uint8_t *stage = smem + s * KV_TILE_BYTES;
 #pragma unroll
             for (int c = 0; c < QK_COL_BLOCKS; c++)
-                tma_load_4d(stage + c * COL_BLOCK_BYTES, &kv_map, &full[s], c * 64, kv_head,
+                tma_load_4d(stage + c * COL_BLOCK_BYTES, &kv_map, &b.full[s], c * 64, kv_head,
                             in_page, page);
+            ETAP_TRACE_SPLIT(31 + 2 * it, it < 5);
         }
     }
 }
 
-/* Writes this thread's O^T fragments, scaled per row, into the staging rows of the q area
- * as [N rows][T] with dims from dim0 (T = the output's 16-bit type, or fp32 partials). */
+/* Writes this thread's O^T fragments, times the row's 1/l, straight from the registers:
+ * for a fixed slot the 8 lanes with the same lane % 4 hold 8 consecutive dims of one row,
+ * so each store instruction fills whole 16- or 32-byte segments. T is the output's 16-bit
+ * type (final out, part_row0 < 0) or float (the split's partial rows from part_row0).
+ * With the stacked P (N <= 32) the O_lo accumulators sit N/2 registers after the O_hi
+ * ones and are added here. */
 template <typename T, int N, int FP16>
-__device__ __forceinline__ void stage_o(uint8_t *q_tile, const float (&o)[M_BLOCKS_PER_WG][N / 2],
-                                        const float (&scale)[N / 4], int dim0, int row0,
-                                        int col_base)
+__device__ __forceinline__ void store_o(const decode_params &p, int seq, int kv_head,
+                                        int64_t part_row0, const float (&o)[M_BLOCKS_PER_WG][o_regs(N)],
+                                        const float *red, int dim0, int col_base)
 {
+    constexpr int NH = N / 2; /* red: [2 warpgroups][4 warps][NH] partial row sums */
 #pragma unroll
-    for (int mb = 0; mb < M_BLOCKS_PER_WG; mb++)
+    for (int c = 0; c < N / 4; c++) {
+        const int n = frag_col(c, col_base);
+        if (n >= p.rows)
+            continue; /* padding row */
+        const float *l4 = red + (n / NH) * 4 * NH + n % NH;
+        const float l = l4[0] + l4[NH] + l4[2 * NH] + l4[3 * NH];
+        const float scale = l > 0.f ? 1.f / l : 0.f;
+        T *row;
+        if constexpr (sizeof(T) == 2) {
+            const int s_pos = n / p.group, head = kv_head * p.group + n % p.group;
+            row = (T *)p.out + seq * p.out_stride_batch + s_pos * p.out_stride_seq +
+                  head * p.out_stride_head;
+        } else {
+            row = (T *)(p.partial_out + (part_row0 + n) * 512);
+        }
 #pragma unroll
-        for (int c = 0; c < N / 4; c++) {
-            const int i0 = frag_reg(c), dim = dim0 + mb * 64 + row0;
-            T *row = (T *)(q_tile + frag_col(c, col_base) * STAGE_ROW_BYTES);
+        for (int mb = 0; mb < M_BLOCKS_PER_WG; mb++) {
+            const int i0 = frag_reg(c), dim = dim0 + mb * 64;
+            float v0 = o[mb][i0], v1 = o[mb][i0 + 2];
+            if constexpr (stacked_p(N)) {
+                v0 += o[mb][i0 + N / 2];
+                v1 += o[mb][i0 + 2 + N / 2];
+            }
             if constexpr (sizeof(T) == 2) {
-                row[dim] = to_half_bits<FP16>(o[mb][i0] * scale[c]);
-                row[dim + 8] = to_half_bits<FP16>(o[mb][i0 + 2] * scale[c]);
+                row[dim] = to_half_bits<FP16>(v0 * scale);
+                row[dim + 8] = to_half_bits<FP16>(v1 * scale);
             } else {
-                row[dim] = o[mb][i0] * scale[c];
-                row[dim + 8] = o[mb][i0 + 2] * scale[c];
+                row[dim] = v0 * scale;
+                row[dim + 8] = v1 * scale;
             }
         }
+    }
 }
 
-/* The two consumer warpgroups (threads 0..255): S^T, softmax and P^T in warpgroup 0,
- * O^T for 256 dims in each, then the epilogue of each (sequence, split). */
+/* The two consumer warpgroups (threads 0..255). Each computes S^T and the softmax for its
+ * half of the N query rows (N/2 columns), writes that half of P^T, and then O^T of all N
+ * rows for its 256 of the 512 dims; the epilogue of each (sequence, split) follows. */
 template <int N, int FP16>
 __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const worker_range &wr,
-                                                 uint8_t *smem, uint64_t *full, uint64_t *empty)
+                                                 uint8_t *smem, const ring_bars &b)
 {
     uint8_t *q_tile = smem + smem_q_offset();
     uint8_t *p_tile = smem + smem_p_offset(N);
     float *red = (float *)(smem + smem_red_offset(N));
     float *alpha_smem = (float *)(smem + smem_alpha_offset(N));
-    float *row_scale = (float *)(smem + smem_scale_offset(N));
-    float *row_lse = (float *)(smem + smem_lse_offset(N));
     int *vis_end = (int *)(smem + smem_vis_offset(N));
     const int32_t *split_offset = p.plan + etap_plan_split_offset_offset(p.num_workers);
     const int32_t *first_worker = p.plan + etap_plan_first_worker_offset(p.batch, p.num_workers);
     const int worker = blockIdx.x, kv_head = blockIdx.y;
     const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
-    const int ctid = tid;          /* 0..255 across both consumer warpgroups */
-    const bool softmax_wg = wg == 0;
+    const int ctid = tid; /* 0..255 across both consumer warpgroups */
     /* Fragment coordinates (wgmma D layout): this thread holds tokens/dims
-     * row0 = 16*warp + lane/4 and row0 + 8, and query-row columns 8j + 2*(lane%4) + {0,1}. */
+     * row0 = 16*warp + lane/4 and row0 + 8, and columns 8j + 2*(lane%4) + {0,1}. */
     const int row0 = 16 * warp + lane / 4;
     const int col_base = 2 * (lane % 4);
-    constexpr int COLS = N / 4; /* columns per thread: q = 2j + e  ->  col 8j + col_base + e */
+    constexpr int NH = N / 2;      /* query rows (S^T columns) of each warpgroup's softmax */
+    constexpr int SCOLS = NH / 4;  /* of them per thread: slot c -> col0 + frag_col(c) */
+    constexpr int COLS = N / 4;    /* O^T columns per thread */
+    const int col0 = wg * NH;      /* this warpgroup's first query row */
+    float *red_wg = red + wg * 4 * NH; /* [4 warps][NH] of this warpgroup */
     /* A 16-bit P alone errs by up to 2^-9 (bf16) or 2^-11 (fp16) relative per weight,
      * which shows in out as that fraction of the spread of V: visible with few keys, or
-     * with large V values. So P = P_hi + P_lo (both 16-bit) and the PV product runs twice,
+     * with large V values. So P = P_hi + P_lo (both 16-bit) and the PV product covers both,
      * keeping the weights exact to ~2^-17 (bf16) or ~2^-22 (fp16). */
-    constexpr bool SPLIT_P = true;
+    constexpr bool STACKED = stacked_p(N);
 
-    float o[M_BLOCKS_PER_WG][N / 2];
-    int it = 0;
+    float o[M_BLOCKS_PER_WG][o_regs(N)];
+    int it = 0, qi = 0;
     for (int seq = wr.first_seq; seq <= wr.last_seq; seq++) {
         const int len = p.seqlens[seq];
         int t0, t1;
@@ -247,171 +370,144 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
         /* per column: running max (log2 domain) and sum; P enters the PV product as hi + lo
          * 16-bit halves, equal to p within ~2^-17, so one exact sum normalises out and
          * gives lse */
-        float m_run[COLS], l_run[COLS], alpha[COLS];
-        if (softmax_wg) {
+        float m_run[SCOLS], l_run[SCOLS];
 #pragma unroll
-            for (int c = 0; c < COLS; c++) {
-                m_run[c] = -INFINITY;
-                l_run[c] = 0.f;
-            }
-            /* once per sequence: the division in visible_end stays off the tile loop */
-            for (int n = ctid; n < N; n += 128)
-                vis_end[n] = visible_end(p, len, n);
-            /* Q rows of this (sequence, KV head) into the swizzled q tile; pad rows = 0.
-             * Loads go out Q_LOADS_IN_FLIGHT at a time before any store: stored one by one,
-             * each load waited for the previous store (the generic pointers may alias), and
-             * the 9 round trips of N = 16 took ~8 us per sequence (measured, docs/perf.md). */
-            constexpr int Q_CHUNKS = N * 72; /* 16-byte chunks: N rows x 576 x 2 bytes */
-            constexpr int Q_ITERS = (Q_CHUNKS + 127) / 128;
-#pragma unroll 1
-            for (int i0 = 0; i0 < Q_ITERS; i0 += Q_LOADS_IN_FLIGHT) {
-                uint4 v[Q_LOADS_IN_FLIGHT];
-#pragma unroll
-                for (int j = 0; j < Q_LOADS_IN_FLIGHT; j++) {
-                    const int idx = ctid + (i0 + j) * 128, n = idx / 72, chunk = idx % 72;
-                    v[j] = make_uint4(0, 0, 0, 0);
-                    if (i0 + j < Q_ITERS && idx < Q_CHUNKS && n < p.rows) {
-                        const int s_pos = n / p.group, head = kv_head * p.group + n % p.group;
-                        const uint16_t *src = (const uint16_t *)p.q + seq * p.q_stride_batch +
-                                              s_pos * p.q_stride_seq + head * p.q_stride_head;
-                        v[j] = __ldg((const uint4 *)(src + chunk * 8));
-                    }
-                }
-#pragma unroll
-                for (int j = 0; j < Q_LOADS_IN_FLIGHT; j++) {
-                    const int idx = ctid + (i0 + j) * 128, n = idx / 72, chunk = idx % 72;
-                    if (i0 + j < Q_ITERS && idx < Q_CHUNKS)
-                        *(uint4 *)(q_tile + (chunk / 8) * N * SWIZZLE_ROW_BYTES +
-                                   swizzled_offset(n, (chunk % 8) * 8)) = v[j];
-                }
-            }
-            fence_proxy_async_smem();
+        for (int c = 0; c < SCOLS; c++) {
+            m_run[c] = -INFINITY;
+            l_run[c] = 0.f;
         }
-        named_barrier_sync(BAR_EXCHANGE, CONSUMER_THREADS); /* q tile and vis_end ready */
-        /* (zeroed only now: O^T is dead while the Q loads are in flight) */
+        /* once per sequence: the division in visible_end stays off the tile loop */
+        for (int n = ctid; n < N; n += CONSUMER_THREADS)
+            vis_end[n] = visible_end(p, len, n);
+        named_barrier_sync(BAR_EXCHANGE, CONSUMER_THREADS); /* vis_end ready */
 #pragma unroll
         for (int mb = 0; mb < M_BLOCKS_PER_WG; mb++)
 #pragma unroll
-            for (int i = 0; i < N / 2; i++)
+            for (int i = 0; i < o_regs(N); i++)
                 o[mb][i] = 0.f;
+        /* Q^T of this sequence (copied by the producer warps with cp.async: generic proxy
+         * writes, read next by wgmma) */
+        mbarrier_wait(b.q_full, qi & 1);
+        fence_proxy_async_smem();
+        ETAP_TRACE_SPLIT(4, ctid == 0 && it == 0);
 
         for (int t = t0; t < t1; t++, it++) {
             const int s = it % KV_STAGES;
-            mbarrier_wait(&full[s], (it / KV_STAGES) & 1);
+            mbarrier_wait(&b.full[s], (it / KV_STAGES) & 1);
+            ETAP_TRACE_SPLIT(5 + 2 * it, ctid == 0 && it < 10);
             uint8_t *stage = smem + s * KV_TILE_BYTES;
             const uint32_t stage_addr = smem_addr(stage);
-            /* P_lo lives in the tile's RoPE columns (512..575): S^T is done with them before
-             * P is written, and the stage is released only after the PV product. */
-            uint8_t *p_lo_tile = stage + ROPE_COL_BLOCK * COL_BLOCK_BYTES;
+            /* P_lo: rows N..2N-1 of the p tile (stacked), or the tile's RoPE columns
+             * (512..575): S^T is done with them before P is written, and the stage is
+             * released only after the PV product. */
+            uint8_t *p_lo_tile = STACKED ? p_tile + N * SWIZZLE_ROW_BYTES
+                                         : stage + ROPE_COL_BLOCK * COL_BLOCK_BYTES;
 
-            float sacc[N / 2];
-            if (softmax_wg) {
-                /* ---- S^T = K Q^T ---- */
-                const uint32_t q_addr = smem_addr(q_tile);
-                wgmma_fence();
+            /* ---- S^T = K Q^T for this warpgroup's NH query rows ---- */
+            float sacc[NH / 2];
+            const uint32_t q_addr = smem_addr(q_tile) + col0 * SWIZZLE_ROW_BYTES;
+            wgmma_fence();
 #pragma unroll
-                for (int kk = 0; kk < QK_K_STEPS; kk++) {
-                    const uint32_t k_off = (kk / 4) * COL_BLOCK_BYTES + (kk % 4) * 32;
-                    const uint32_t q_off = (kk / 4) * N * SWIZZLE_ROW_BYTES + (kk % 4) * 32;
-                    wgmma_op<N, FP16, 0>::run(sacc, smem_desc_sw128(stage_addr + k_off),
-                                              smem_desc_sw128(q_addr + q_off), kk > 0);
-                }
-                wgmma_commit();
-                wgmma_wait<0>();
-                fence_accumulators(sacc);
+            for (int kk = 0; kk < QK_K_STEPS; kk++) {
+                const uint32_t k_off = (kk / 4) * COL_BLOCK_BYTES + (kk % 4) * 32;
+                const uint32_t q_off = (kk / 4) * N * SWIZZLE_ROW_BYTES + (kk % 4) * 32;
+                wgmma_op<NH, FP16, 0>::run(sacc, smem_desc_sw128(stage_addr + k_off),
+                                           smem_desc_sw128(q_addr + q_off), kk > 0);
+            }
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_accumulators(sacc);
+            ETAP_TRACE_SPLIT(40, ctid == 0 && it == 2);
+            if (t == t1 - 1)
+                mbarrier_arrive(b.q_empty); /* the producer may load the next Q */
 
-                /* ---- online softmax along M: tokens live in lanes (lane/4), in the two
-                 * row halves of each thread, and in the 4 warps ---- */
-                const int tok0 = t * KV_TILE_TOKENS + row0;
+            /* ---- online softmax along M: tokens live in lanes (lane/4), in the two row
+             * halves of each thread, and in the warpgroup's 4 warps ---- */
+            const int tok0 = t * KV_TILE_TOKENS + row0;
 #pragma unroll
-                for (int c = 0; c < COLS; c++) {
-                    const int i0 = frag_reg(c), i1 = i0 + 2;
-                    const int end = vis_end[frag_col(c, col_base)];
-                    const float x0 = tok0 < end ? sacc[i0] * p.scale_log2 : -INFINITY;
-                    const float x1 = tok0 + 8 < end ? sacc[i1] * p.scale_log2 : -INFINITY;
-                    sacc[i0] = x0;
-                    sacc[i1] = x1;
-                    float mx = fmaxf(x0, x1);
-                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
-                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
-                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
-                    if (lane < 4)
-                        red[warp * N + frag_col(c, col_base)] = mx;
-                }
+            for (int c = 0; c < SCOLS; c++) {
+                const int i0 = frag_reg(c), i1 = i0 + 2;
+                const int end = vis_end[col0 + frag_col(c, col_base)];
+                const float x0 = tok0 < end ? sacc[i0] * p.scale_log2 : -INFINITY;
+                const float x1 = tok0 + 8 < end ? sacc[i1] * p.scale_log2 : -INFINITY;
+                sacc[i0] = x0;
+                sacc[i1] = x1;
+                float mx = fmaxf(x0, x1);
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+                if (lane < 4)
+                    red_wg[warp * NH + frag_col(c, col_base)] = mx;
             }
             named_barrier_sync(BAR_EXCHANGE, CONSUMER_THREADS); /* per-warp maxima in red */
-            if (softmax_wg) {
+            float alpha[SCOLS];
 #pragma unroll
-                for (int c = 0; c < COLS; c++) {
-                    const int col = frag_col(c, col_base);
-                    const float tile_max = fmaxf(fmaxf(red[col], red[N + col]),
-                                                 fmaxf(red[2 * N + col], red[3 * N + col]));
-                    const float m_new = fmaxf(m_run[c], tile_max);
-                    const float m_use = m_new == -INFINITY ? 0.f : m_new;
-                    const int i0 = frag_reg(c), i1 = i0 + 2;
-                    alpha[c] = fast_exp2(m_run[c] - m_use);
-                    const float p0 = fast_exp2(sacc[i0] - m_use), p1 = fast_exp2(sacc[i1] - m_use);
-                    l_run[c] = l_run[c] * alpha[c] + p0 + p1;
-                    sacc[i0] = p0;
-                    sacc[i1] = p1;
-                    m_run[c] = m_new;
-                }
+            for (int c = 0; c < SCOLS; c++) {
+                const int col = frag_col(c, col_base);
+                const float tile_max = fmaxf(fmaxf(red_wg[col], red_wg[NH + col]),
+                                             fmaxf(red_wg[2 * NH + col], red_wg[3 * NH + col]));
+                const float m_new = fmaxf(m_run[c], tile_max);
+                const float m_use = m_new == -INFINITY ? 0.f : m_new;
+                const int i0 = frag_reg(c), i1 = i0 + 2;
+                alpha[c] = fast_exp2(m_run[c] - m_use);
+                const float p0 = fast_exp2(sacc[i0] - m_use), p1 = fast_exp2(sacc[i1] - m_use);
+                l_run[c] = l_run[c] * alpha[c] + p0 + p1;
+                sacc[i0] = p0;
+                sacc[i1] = p1;
+                m_run[c] = m_new;
             }
+            ETAP_TRACE_SPLIT(41, ctid == 0 && it == 2);
 
             /* Both warpgroups' PV of the previous tile is complete (wgmma_wait below), so
              * P and alpha may be overwritten. */
             if (it > 0)
                 named_barrier_sync(BAR_P_EMPTY, CONSUMER_THREADS);
-            if (softmax_wg) {
-                /* ---- P^T into shared memory (wgmma's B, K-major: row = query row) ---- */
+            /* ---- P^T into shared memory (wgmma's B, K-major: row = query row) ---- */
 #pragma unroll
-                for (int c = 0; c < COLS; c++) {
-                    const int col = frag_col(c, col_base);
-                    const int i0 = frag_reg(c);
+            for (int c = 0; c < SCOLS; c++) {
+                const int col = col0 + frag_col(c, col_base);
+                const int i0 = frag_reg(c);
 #pragma unroll
-                    for (int h = 0; h < 2; h++) {
-                        const float pv = sacc[i0 + 2 * h];
-                        const uint32_t off = swizzled_offset(col, row0 + 8 * h);
-                        *(uint16_t *)(p_tile + off) = to_half_bits<FP16>(pv);
-                        if (SPLIT_P)
-                            *(uint16_t *)(p_lo_tile + off) =
-                                to_half_bits<FP16>(pv - round_to_half<FP16>(pv));
-                    }
-                    if (warp == 0 && lane < 4)
-                        alpha_smem[col] = alpha[c];
+                for (int h = 0; h < 2; h++) {
+                    const float pv = sacc[i0 + 2 * h];
+                    const uint32_t off = swizzled_offset(col, row0 + 8 * h);
+                    *(uint16_t *)(p_tile + off) = to_half_bits<FP16>(pv);
+                    *(uint16_t *)(p_lo_tile + off) = to_half_bits<FP16>(pv - round_to_half<FP16>(pv));
                 }
-                /* Tokens past the end of the sequence in its last tile hold whatever the
-                 * page holds (NaN in the tests): 0 * NaN = NaN in the PV product, so the V
-                 * rows themselves are zeroed, not only their P entries. */
-                const int valid = len - t * KV_TILE_TOKENS;
-                if (valid < KV_TILE_TOKENS) {
-                    const int chunks = (KV_TILE_TOKENS - valid) * 8 * 8;
-                    for (int idx = ctid; idx < chunks; idx += 128) {
-                        const int row = valid + idx / 64, cb = (idx % 64) / 8, ch = idx % 8;
-                        *(uint4 *)(stage + cb * COL_BLOCK_BYTES + row * SWIZZLE_ROW_BYTES + ch * 16) =
-                            make_uint4(0, 0, 0, 0);
-                    }
-                }
-                fence_proxy_async_smem();
+                if (warp == 0 && lane < 4)
+                    alpha_smem[col] = alpha[c];
             }
+            /* Tokens past the end of the sequence in its last tile hold whatever the page
+             * holds (NaN in the tests): 0 * NaN = NaN in the PV product, so the V rows
+             * themselves are zeroed, not only their P entries. */
+            const int valid = len - t * KV_TILE_TOKENS;
+            if (valid < KV_TILE_TOKENS) {
+                const int chunks = (KV_TILE_TOKENS - valid) * 8 * 8;
+                for (int idx = ctid; idx < chunks; idx += CONSUMER_THREADS) {
+                    const int row = valid + idx / 64, cb = (idx % 64) / 8, ch = idx % 8;
+                    *(uint4 *)(stage + cb * COL_BLOCK_BYTES + row * SWIZZLE_ROW_BYTES + ch * 16) =
+                        make_uint4(0, 0, 0, 0);
+                }
+            }
+            fence_proxy_async_smem();
             named_barrier_sync(BAR_P_FULL, CONSUMER_THREADS);
-            if (!softmax_wg) {
-#pragma unroll
-                for (int c = 0; c < COLS; c++)
-                    alpha[c] = alpha_smem[frag_col(c, col_base)];
-            }
+            ETAP_TRACE_SPLIT(42, ctid == 0 && it == 2);
 
-            /* ---- O^T += V^T P^T: this warpgroup's 256 dims, 4 x m64 ---- */
+            /* ---- O^T += V^T P^T: this warpgroup's 256 dims, 4 x m64, all N rows ---- */
 #pragma unroll
-            for (int mb = 0; mb < M_BLOCKS_PER_WG; mb++)
+            for (int c = 0; c < COLS; c++) {
+                const float a = alpha_smem[frag_col(c, col_base)];
 #pragma unroll
-                for (int c = 0; c < COLS; c++) {
-                    const int i0 = frag_reg(c);
-                    o[mb][i0] *= alpha[c];
-                    o[mb][i0 + 2] *= alpha[c];
-                }
+                for (int mb = 0; mb < M_BLOCKS_PER_WG; mb++)
+#pragma unroll
+                    for (int h = 0; h < (STACKED ? 2 : 1); h++) {
+                        const int i0 = frag_reg(c) + h * (N / 2);
+                        o[mb][i0] *= a;
+                        o[mb][i0 + 2] *= a;
+                    }
+            }
             const uint32_t p_addr = smem_addr(p_tile);
-            const uint32_t p_lo_addr = stage_addr + ROPE_COL_BLOCK * COL_BLOCK_BYTES;
+            const uint32_t p_lo_addr = smem_addr(p_lo_tile);
 #pragma unroll
             for (int mb = 0; mb < M_BLOCKS_PER_WG; mb++)
                 fence_accumulators(o[mb]);
@@ -419,11 +515,17 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
 #pragma unroll
             for (int mb = 0; mb < M_BLOCKS_PER_WG; mb++) {
                 const uint32_t v_addr = stage_addr + (wg * M_BLOCKS_PER_WG + mb) * COL_BLOCK_BYTES;
+                if constexpr (STACKED) {
+                    /* B = [P_hi^T; P_lo^T]: 2N rows read as one operand */
 #pragma unroll
-                for (int kk = 0; kk < PV_K_STEPS; kk++)
-                    wgmma_op<N, FP16, 1>::run(o[mb], smem_desc_sw128(v_addr + kk * 2048),
-                                              smem_desc_sw128(p_addr + kk * 32), 1);
-                if (SPLIT_P) {
+                    for (int kk = 0; kk < PV_K_STEPS; kk++)
+                        wgmma_op<2 * N, FP16, 1>::run(o[mb], smem_desc_sw128(v_addr + kk * 2048),
+                                                      smem_desc_sw128(p_addr + kk * 32), 1);
+                } else {
+#pragma unroll
+                    for (int kk = 0; kk < PV_K_STEPS; kk++)
+                        wgmma_op<N, FP16, 1>::run(o[mb], smem_desc_sw128(v_addr + kk * 2048),
+                                                  smem_desc_sw128(p_addr + kk * 32), 1);
 #pragma unroll
                     for (int kk = 0; kk < PV_K_STEPS; kk++)
                         wgmma_op<N, FP16, 1>::run(o[mb], smem_desc_sw128(v_addr + kk * 2048),
@@ -431,80 +533,59 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
                 }
             }
             wgmma_commit();
+            ETAP_TRACE_SPLIT(43, ctid == 0 && it == 2);
             wgmma_wait<0>();
 #pragma unroll
             for (int mb = 0; mb < M_BLOCKS_PER_WG; mb++)
                 fence_accumulators(o[mb]);
-            mbarrier_arrive(&empty[s]);
+            mbarrier_arrive(&b.empty[s]);
+            ETAP_TRACE_SPLIT(6 + 2 * it, ctid == 0 && it < 10);
+            ETAP_TRACE_SPLIT(25, ctid == 0);
+            ETAP_TRACE_SPLIT_VALUE(27, ctid == 0, (unsigned long long)(it + 1));
         }
+        qi++;
 
-        /* ---- epilogue: row sums across warps, 1/l, lse ---- */
+        /* ---- epilogue: row sums across warps, 1/l, lse (each warpgroup its rows) ---- */
         const bool direct = n_splits == 1;
-        if (softmax_wg) {
 #pragma unroll
-            for (int c = 0; c < COLS; c++) {
-                float l = l_run[c];
-                for (int d = 4; d < 32; d *= 2)
-                    l += __shfl_xor_sync(0xffffffffu, l, d);
-                if (lane < 4)
-                    red[warp * N + frag_col(c, col_base)] = l;
-            }
+        for (int c = 0; c < SCOLS; c++) {
+            float l = l_run[c];
+            for (int d = 4; d < 32; d *= 2)
+                l += __shfl_xor_sync(0xffffffffu, l, d);
+            if (lane < 4)
+                red_wg[warp * NH + frag_col(c, col_base)] = l;
         }
         named_barrier_sync(BAR_EXCHANGE, CONSUMER_THREADS); /* per-warp sums in red */
-        if (softmax_wg) {
-            if (warp == 0 && lane < 4) {
+        ETAP_TRACE_SPLIT(44, ctid == 0);
+        /* lse by the threads that own the row's running max; 1/l by every thread for its
+         * own columns (store_o), so no further barrier */
+        const int64_t part_row0 = ((int64_t)split * p.heads_kv + kv_head) * p.rows;
+        if (warp == 0 && lane < 4) {
 #pragma unroll
-                for (int c = 0; c < COLS; c++) {
-                    const int col = frag_col(c, col_base);
-                    const float l = red[col] + red[N + col] + red[2 * N + col] + red[3 * N + col];
-                    row_scale[col] = l > 0.f ? 1.f / l : 0.f;
-                    row_lse[col] = l > 0.f ? (m_run[c] + log2f(l)) * 0.6931471805599453f
-                                           : (direct ? INFINITY : -INFINITY);
+            for (int c = 0; c < SCOLS; c++) {
+                const int col = frag_col(c, col_base), n = col0 + col;
+                if (n >= p.rows)
+                    continue;
+                const float l = red_wg[col] + red_wg[NH + col] + red_wg[2 * NH + col] + red_wg[3 * NH + col];
+                const float lse = l > 0.f ? (m_run[c] + log2f(l)) * 0.6931471805599453f
+                                          : (direct ? INFINITY : -INFINITY);
+                if (direct) {
+                    const int s_pos = n / p.group, head = kv_head * p.group + n % p.group;
+                    p.lse[((int64_t)seq * p.heads_q + head) * p.seqlen_q + s_pos] = lse;
+                } else {
+                    p.partial_lse[part_row0 + n] = lse;
                 }
             }
         }
-        named_barrier_sync(BAR_CONSUMERS, CONSUMER_THREADS);
-        float scale[COLS];
-#pragma unroll
-        for (int c = 0; c < COLS; c++)
-            scale[c] = row_scale[frag_col(c, col_base)];
 
-        /* ---- O^T -> [rows, 512] through shared memory (the q area), 16-byte stores ---- */
-        if (direct) {
-            stage_o<uint16_t, N, FP16>(q_tile, o, scale, wg * V_DIMS_PER_WG, row0, col_base);
-            named_barrier_sync(BAR_CONSUMERS, CONSUMER_THREADS);
-            for (int idx = ctid; idx < p.rows * 64; idx += CONSUMER_THREADS) {
-                const int n = idx / 64, chunk = idx % 64;
-                const int s_pos = n / p.group, head = kv_head * p.group + n % p.group;
-                uint16_t *dst = (uint16_t *)p.out + seq * p.out_stride_batch +
-                                s_pos * p.out_stride_seq + head * p.out_stride_head;
-                *(uint4 *)(dst + chunk * 8) = *(const uint4 *)(q_tile + n * STAGE_ROW_BYTES + chunk * 16);
-            }
-            for (int n = ctid; n < p.rows; n += CONSUMER_THREADS) {
-                const int s_pos = n / p.group, head = kv_head * p.group + n % p.group;
-                p.lse[((int64_t)seq * p.heads_q + head) * p.seqlen_q + s_pos] = row_lse[n];
-            }
-        } else {
-            const int64_t part_row0 = ((int64_t)split * p.heads_kv + kv_head) * p.rows;
-            for (int half = 0; half < 2; half++) {
-                if (wg == half)
-                    stage_o<float, N, FP16>(q_tile, o, scale, 0, row0, col_base);
-                named_barrier_sync(BAR_CONSUMERS, CONSUMER_THREADS);
-                for (int idx = ctid; idx < p.rows * 64; idx += CONSUMER_THREADS) {
-                    const int n = idx / 64, chunk = idx % 64;
-                    float *dst = p.partial_out + (part_row0 + n) * 512 + half * V_DIMS_PER_WG;
-                    *(float4 *)(dst + chunk * 4) =
-                        *(const float4 *)(q_tile + n * STAGE_ROW_BYTES + chunk * 16);
-                }
-                if (half == 1)
-                    break;
-                named_barrier_sync(BAR_CONSUMERS, CONSUMER_THREADS);
-            }
-            for (int n = ctid; n < p.rows; n += CONSUMER_THREADS)
-                p.partial_lse[part_row0 + n] = row_lse[n];
-        }
-        /* The q area is reloaded for the next sequence only after every staging read. */
-        named_barrier_sync(BAR_CONSUMERS, CONSUMER_THREADS);
+        /* ---- O^T -> out (one split) or the split's fp32 partial, from the registers ---- */
+        const int dim0 = wg * V_DIMS_PER_WG + row0;
+        if (direct)
+            store_o<uint16_t, N, FP16>(p, seq, kv_head, -1, o, red, dim0, col_base);
+        else
+            store_o<float, N, FP16>(p, seq, kv_head, part_row0, o, red, dim0, col_base);
+        ETAP_TRACE_SPLIT(26, ctid == 0);
+        ETAP_TRACE_SPLIT_VALUE(28, ctid == 0, (unsigned long long)(seq - wr.first_seq + 1));
     }
 }
 
@@ -513,15 +594,18 @@ __global__ void __launch_bounds__(THREADS, 1)
     etap_decode_sm90_kernel(const __grid_constant__ CUtensorMap kv_map, const decode_params p)
 {
     extern __shared__ __align__(1024) uint8_t smem[];
-    uint64_t *full = (uint64_t *)(smem + smem_bar_offset(N));
-    uint64_t *empty = full + KV_STAGES;
+    uint64_t *bars = (uint64_t *)(smem + smem_bar_offset(N));
+    const ring_bars b = {bars, bars + KV_STAGES, bars + 2 * KV_STAGES, bars + 2 * KV_STAGES + 1};
 
     const int tid = threadIdx.x;
+    ETAP_TRACE_SPLIT(0, tid == 0);
     if (tid == 0) {
         for (int s = 0; s < KV_STAGES; s++) {
-            mbarrier_init(&full[s], 1);
-            mbarrier_init(&empty[s], CONSUMER_THREADS);
+            mbarrier_init(&b.full[s], 1);
+            mbarrier_init(&b.empty[s], CONSUMER_THREADS);
         }
+        mbarrier_init(b.q_full, Q_COPY_THREADS);
+        mbarrier_init(b.q_empty, CONSUMER_THREADS);
         mbarrier_init_fence();
         tma_prefetch_descriptor(&kv_map);
     }
@@ -529,6 +613,7 @@ __global__ void __launch_bounds__(THREADS, 1)
      * stream (any kernel: it may have written q, the cache or the plan) may still be
      * running, so no input is read before this wait. */
     grid_dependency_wait();
+    ETAP_TRACE_SPLIT(1, tid == 0);
     grid_dependents_launch(); /* the combine kernel may start its launch now */
     const int32_t *plan = p.plan;
     if (plan[ETAP_PLAN_H_STATUS] != ETAP_PLAN_OK)
@@ -536,29 +621,30 @@ __global__ void __launch_bounds__(THREADS, 1)
     const int32_t *rec = plan + etap_plan_worker_offset(blockIdx.x);
     const worker_range wr = {rec[0], rec[1], rec[2], rec[3]};
     __syncthreads();
+    ETAP_TRACE_SPLIT(2, tid == 0);
     if (wr.last_seq < wr.first_seq)
         return; /* idle worker */
 
-    /* One branch per role. Every thread, including the idle producer lanes, meets at the
+    /* One branch per role. Every thread meets at the
      * final __syncthreads(), so no thread exits while the counted named barriers of the
      * consumers are in use. */
     if (tid >= CONSUMER_THREADS) {
-        setmaxnreg_dec<40>();
-        if (tid == CONSUMER_THREADS)
-            produce_kv_tiles(kv_map, p, wr, smem, full, empty);
+        setmaxnreg_dec<PRODUCER_REGS(N)>();
+        produce<N>(kv_map, p, wr, smem, b);
     } else {
-        setmaxnreg_inc<232>();
-        consume_kv_tiles<N, FP16>(p, wr, smem, full, empty);
+        setmaxnreg_inc<CONSUMER_REGS(N)>();
+        consume_kv_tiles<N, FP16>(p, wr, smem, b);
     }
     __syncthreads();
+    ETAP_TRACE_SPLIT(3, tid == 0);
 }
 
 /* ---- launch ---------------------------------------------------------------------------- */
 
-/* Every (N, dtype) the backend instantiates: N = 8..64 in steps of 8, bf16 and fp16. */
+/* Every (N, dtype) the backend instantiates: N = 16..64 in steps of ETAP_SM90_ROW_STEP (each
+ * warpgroup takes N/2 rows, a multiple of 8 for wgmma), bf16 and fp16. */
 #define ETAP_SM90_FOR_EACH_INSTANCE(X)                                                      \
-    X(8, 0) X(16, 0) X(24, 0) X(32, 0) X(40, 0) X(48, 0) X(56, 0) X(64, 0)                   \
-    X(8, 1) X(16, 1) X(24, 1) X(32, 1) X(40, 1) X(48, 1) X(56, 1) X(64, 1)
+    X(16, 0) X(32, 0) X(48, 0) X(64, 0) X(16, 1) X(32, 1) X(48, 1) X(64, 1)
 
 cudaError_t etap_sm90_set_attributes(void)
 {

@@ -49,6 +49,29 @@ __device__ __forceinline__ void mbarrier_wait(uint64_t *bar, uint32_t parity)
                  : "memory");
 }
 
+/* ---- non-bulk asynchronous copy (PTX: cp.async) ------------------------------------- */
+
+/* Copies 16 bytes global -> shared without going through registers; with src_bytes = 0
+ * nothing is read and the 16 bytes are zero-filled. */
+__device__ __forceinline__ void cp_async_16(void *dst, const void *src, uint32_t src_bytes)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)),
+                 "l"(src), "r"(src_bytes)
+                 : "memory");
+}
+/* Waits until every cp.async this thread issued has landed. */
+__device__ __forceinline__ void cp_async_wait_all(void)
+{
+    asm volatile("cp.async.wait_all;" ::: "memory");
+}
+/* One arrival on `bar` once every cp.async this thread issued so far has landed (.noinc:
+ * the arrival is one of the counts the barrier was initialised with). */
+__device__ __forceinline__ void cp_async_mbarrier_arrive_noinc(uint64_t *bar)
+{
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(smem_addr(bar))
+                 : "memory");
+}
+
 /* ---- bulk tensor copy (PTX: cp.async.bulk.tensor) ----------------------------------- */
 
 __device__ __forceinline__ void tma_prefetch_descriptor(const void *tmap)

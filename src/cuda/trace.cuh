@@ -1,0 +1,44 @@
+/*
+ * trace.cuh - an opt-in CTA timeline for performance work (cmake -DETAP_TRACE=ON).
+ *
+ * In a normal build every ETAP_TRACE_* macro is empty. With ETAP_TRACE, the split kernel's
+ * CTAs of KV head 0 (workers < ETAP_TRACE_CTAS) and every combine CTA write %globaltimer
+ * stamps into device arrays, read back with etap_debug_trace_copy() /
+ * etap_debug_combine_trace_copy() (exported from a trace build only); the last call wins.
+ * docs/perf.md lists the slots and how the timeline was read.
+ */
+#pragma once
+#include <stdint.h>
+
+#define ETAP_TRACE_CTAS 264
+#define ETAP_TRACE_SLOTS 48
+#define ETAP_TRACE_COMBINE_CTAS 8192
+
+#ifdef ETAP_TRACE
+__device__ __forceinline__ unsigned long long trace_now(void)
+{
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+#define ETAP_TRACE_SPLIT(slot, cond)                                                        \
+    do {                                                                                    \
+        if ((cond) && blockIdx.y == 0 && blockIdx.x < ETAP_TRACE_CTAS)                      \
+            etap_trace_split[blockIdx.x][(slot)] = trace_now();                             \
+    } while (0)
+#define ETAP_TRACE_SPLIT_VALUE(slot, cond, v)                                               \
+    do {                                                                                    \
+        if ((cond) && blockIdx.y == 0 && blockIdx.x < ETAP_TRACE_CTAS)                      \
+            etap_trace_split[blockIdx.x][(slot)] = (v);                                     \
+    } while (0)
+#define ETAP_TRACE_COMBINE(slot)                                                            \
+    do {                                                                                    \
+        const unsigned cta = blockIdx.y * gridDim.x + blockIdx.x;                           \
+        if (threadIdx.x == 0 && cta < ETAP_TRACE_COMBINE_CTAS)                              \
+            etap_trace_combine[cta][(slot)] = trace_now();                                  \
+    } while (0)
+#else
+#define ETAP_TRACE_SPLIT(slot, cond) ((void)0)
+#define ETAP_TRACE_SPLIT_VALUE(slot, cond, v) ((void)0)
+#define ETAP_TRACE_COMBINE(slot) ((void)0)
+#endif
