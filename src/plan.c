@@ -14,7 +14,8 @@
  *     at least one tile (never a sequence whose overhead units alone fall in its range).
  *
  * The builder must not allocate, so it never materialises the prefix array P[0..b]: a
- * first pass sums the costs (for the quota), a second pass carries P[i] as a running sum.
+ * first pass sums the costs and finds the largest (for the quota), a second pass carries
+ * P[i] as a running sum.
  * Worker records are filled in the same pass: sequence i touches workers f_i..l_i, and
  * since f_i >= l_{i-1} the walk visits every worker boundary once, O(b + W) in all.
  */
@@ -39,8 +40,8 @@ static int64_t plan_tiles_of(int32_t len, int32_t max_len)
 void etap_plan_build(int32_t batch, int32_t num_workers, int32_t max_len,
                      const int32_t *lengths, int32_t *plan)
 {
-    /* Pass 1: total cost (for the quota) and the first invalid length. */
-    int64_t total = 0;
+    /* Pass 1: total and largest cost (for the quota) and the first invalid length. */
+    int64_t total = 0, max_cost = 0;
     int32_t status = ETAP_PLAN_OK, bad_seq = 0, bad_len = 0;
     for (int32_t i = 0; i < batch; i++) {
         int32_t len = lengths[i];
@@ -49,9 +50,11 @@ void etap_plan_build(int32_t batch, int32_t num_workers, int32_t max_len,
             bad_seq = i;
             bad_len = len;
         }
-        total += etap_plan_cost(plan_tiles_of(len, max_len));
+        const int64_t cost = etap_plan_cost(plan_tiles_of(len, max_len));
+        total += cost;
+        max_cost = cost > max_cost ? cost : max_cost;
     }
-    const int64_t quota = etap_plan_quota(total, num_workers);
+    const int64_t quota = etap_plan_quota(total, num_workers, max_cost);
 
     int32_t *workers = plan + etap_plan_worker_offset(0);
     int32_t *split_offset = plan + etap_plan_split_offset_offset(num_workers);

@@ -72,7 +72,7 @@ enum { ETAP_PLAN_OK = 0, ETAP_PLAN_BAD_NEGATIVE_LEN = 1, ETAP_PLAN_BAD_LEN_TOO_L
 #define ETAP_PLAN_OVERHEAD_UNITS 2
 #endif
 #ifndef ETAP_PLAN_MIN_QUOTA
-#define ETAP_PLAN_MIN_QUOTA 2
+#define ETAP_PLAN_MIN_QUOTA 1
 #endif
 
 ETAP_HD int64_t etap_plan_words(int32_t batch, int32_t num_workers)
@@ -106,10 +106,15 @@ ETAP_HD int64_t etap_plan_cost(int64_t tiles)
 {
     return tiles > 0 ? tiles + ETAP_PLAN_OVERHEAD_UNITS : 0;
 }
-ETAP_HD int64_t etap_plan_quota(int64_t total_units, int32_t num_workers)
+/* Units per worker: ceil(total / W), at least ETAP_PLAN_MIN_QUOTA; raised to the largest
+ * sequence cost when that is at most OVERHEAD units more: then no sequence needs a split
+ * (and its combine) for a worker's load that grows by at most those units (b = 128 x 4K
+ * on 132 workers: quota 64 -> 66, one sequence per worker; docs/plan-format.md). */
+ETAP_HD int64_t etap_plan_quota(int64_t total_units, int32_t num_workers, int64_t max_cost)
 {
     int64_t q = (total_units + num_workers - 1) / num_workers;
-    return q < ETAP_PLAN_MIN_QUOTA ? ETAP_PLAN_MIN_QUOTA : q;
+    q = q < ETAP_PLAN_MIN_QUOTA ? ETAP_PLAN_MIN_QUOTA : q;
+    return max_cost > q && max_cost <= q + ETAP_PLAN_OVERHEAD_UNITS ? max_cost : q;
 }
 /* First and last worker of a sequence with tiles > 0 starting at prefix unit p. */
 ETAP_HD int32_t etap_plan_first_worker(int64_t p, int64_t quota)

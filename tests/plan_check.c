@@ -13,7 +13,7 @@ enum {
     VERSION = 1,
     TILE = 64,
     OVERHEAD = 2,
-    MIN_QUOTA = 2,
+    MIN_QUOTA = 1,
     HEADER = 16,
     H_MAGIC = 0, H_VERSION, H_BATCH, H_WORKERS, H_TILE, H_OVERHEAD, H_QUOTA_LO, H_QUOTA_HI,
     H_TOTAL_SPLITS, H_STATUS, H_BAD_SEQ, H_BAD_LEN, H_MAX_SPLITS
@@ -65,10 +65,15 @@ int pc_verify(const int32_t *plan, int32_t batch, int32_t num_workers, int32_t m
         first_w[i] = -1;
         st.total_tiles += tiles[i];
     }
-    int64_t total = prefix[batch];
+    int64_t total = prefix[batch], max_cost = 0;
+    for (int32_t i = 0; i < batch; i++)
+        if (tiles[i] > 0 && tiles[i] + OVERHEAD > max_cost)
+            max_cost = tiles[i] + OVERHEAD;
     int64_t quota = (total + num_workers - 1) / num_workers;
     if (quota < MIN_QUOTA)
         quota = MIN_QUOTA;
+    if (max_cost > quota && max_cost <= quota + OVERHEAD) /* no split for that little */
+        quota = max_cost;
     st.quota = quota;
 
     /* header */
@@ -86,9 +91,11 @@ int pc_verify(const int32_t *plan, int32_t batch, int32_t num_workers, int32_t m
         goto done;
     }
     if (got_quota != quota) {
-        ok = fail(msg, n, "header: quota %lld, expected max(ceil(%lld / %d), %d) = %lld",
+        ok = fail(msg, n,
+                  "header: quota %lld, expected max(ceil(%lld / %d), %d) = %lld (or the largest "
+                  "cost %lld when at most %d above)",
                   (long long)got_quota, (long long)total, (int)num_workers, MIN_QUOTA,
-                  (long long)quota);
+                  (long long)quota, (long long)max_cost, OVERHEAD);
         goto done;
     }
     if (h[H_STATUS] != status || h[H_BAD_SEQ] != bad_seq || h[H_BAD_LEN] != bad_len) {

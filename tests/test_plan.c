@@ -81,6 +81,12 @@ static void make_sets(void)
     l = add_set("b=17 all at max_len", 17, 4096);
     for (int i = 0; i < 17; i++)
         l[i] = 4096;
+    l = add_set("b=128 all 4096 (quota raised to one sequence)", 128, 4096);
+    for (int i = 0; i < 128; i++)
+        l[i] = 4096;
+    l = add_set("b=130 near-equal 4000..4096", 130, 4096);
+    for (int i = 0; i < 130; i++)
+        l[i] = (int32_t)tu_rng_range(&r, 4000, 4096);
     l = add_set("b=1000 all exactly 64", 1000, 64);
     for (int i = 0; i < 1000; i++)
         l[i] = 64;
@@ -236,6 +242,26 @@ static void test_builder(void)
         else
             tu_fail(&T, "builder: 4096 x ~INT32_MAX tokens, W=%d: %s (quota %lld)", (int)w, msg,
                     (long long)st.quota);
+        free(plan);
+        free(lens);
+    }
+
+    /* b = 128 x 4K on 132 workers: ceil(128 * 66 / 132) = 64 units, one sequence costs 66,
+     * so the quota is raised to 66 and no sequence is split (no combine work) */
+    {
+        int32_t b = 128, w = 132;
+        int32_t *lens = malloc(sizeof(int32_t) * (size_t)b);
+        for (int i = 0; i < b; i++)
+            lens[i] = 4096;
+        int32_t *plan = malloc(sizeof(int32_t) * (size_t)pc_plan_words(b, w));
+        etap_plan_build(b, w, 4096, lens, plan);
+        pc_stats st;
+        int ok = pc_verify(plan, b, w, 4096, lens, &st, msg, sizeof msg);
+        if (ok && st.quota == 66 && plan[8] == b)
+            tu_pass(&T, "builder: 128 x 4K, W=132: quota 66, 128 splits (%s)", msg);
+        else
+            tu_fail(&T, "builder: 128 x 4K, W=132: quota %lld, %d splits, want 66 and 128 (%s)",
+                    (long long)st.quota, (int)plan[8], msg);
         free(plan);
         free(lens);
     }

@@ -349,6 +349,8 @@ typedef struct bench_env {
     int verify;
     int ref_threads;
     double ceiling_gbps;
+    double ceiling_first_gbps; /* CUDA grid: measured before the cases ... */
+    double ceiling_again_gbps; /* ... and after them (0: not measured); the higher is used */
     size_t ceiling_bytes;
     void *stream;      /* CUDA */
     char device_name[256];
@@ -593,6 +595,14 @@ static void time_cuda(const bench_env *e, decode_ctx *d, case_result *r)
 }
 #endif
 
+/* % of the ceiling, the floor and x floor of a timed case (again when the ceiling moves) */
+static void set_ceiling_ratios(const bench_env *e, case_result *r)
+{
+    r->pct_ceiling = 100.0 * r->gbps / e->ceiling_gbps;
+    r->floor_us = r->bytes / (e->ceiling_gbps * 1e9) * 1e6 + (on_cuda(e) ? CUDA_LAUNCH_US : 0.0);
+    r->x_floor = r->us / r->floor_us;
+}
+
 static void run_case(const bench_env *e, const bench_case *c, case_result *r)
 {
     memset(r, 0, sizeof *r);
@@ -771,11 +781,8 @@ static void run_case(const bench_env *e, const bench_case *c, case_result *r)
     if (r->timed) {
         double s = r->us * 1e-6;
         r->gbps = r->bytes / s * 1e-9;
-        r->pct_ceiling = 100.0 * r->gbps / e->ceiling_gbps;
         r->tflops = r->flops / s * 1e-12;
-        r->floor_us = r->bytes / (e->ceiling_gbps * 1e9) * 1e6 +
-                      (on_cuda(e) ? CUDA_LAUNCH_US : 0.0);
-        r->x_floor = r->us / r->floor_us;
+        set_ceiling_ratios(e, r);
     }
     goto done;
 
@@ -947,9 +954,15 @@ static int write_json(const char *path, const bench_env *e, const case_result *r
     fprintf(f, "\"seed\": %llu", (unsigned long long)e->seed);
     fprintf(f, ",\n  \"ceiling\": {");
     json_num(f, "gbps", e->ceiling_gbps, 0);
+    if (e->ceiling_again_gbps > 0) {
+        json_num(f, "gbps_before_cases", e->ceiling_first_gbps, 0);
+        json_num(f, "gbps_after_cases", e->ceiling_again_gbps, 0);
+    }
     json_num(f, "buffer_bytes", (double)e->ceiling_bytes, 0);
-    json_str(f, "method", on_cuda(e) ? "16-byte loads, grid-stride kernel, median of events"
-                                     : "16-byte loads, one slice per thread, median wall clock",
+    json_str(f, "method",
+             on_cuda(e) ? "16-byte loads, grid-stride kernel, fastest of the timed passes "
+                          "(a grid: the higher of a measurement before and after the cases)"
+                        : "16-byte loads, one slice per thread, median wall clock",
              1);
     fprintf(f, "},\n  \"peers_source\": \"PEERS-H200.md (H200, 2026-11-21)\",\n");
     fprintf(f, "  \"cases\": [");
@@ -1033,6 +1046,30 @@ static void plot_command(char *buf, size_t n, const char *json, const char *png)
 /* ------------------------------------------------------------------------------------ */
 /* main                                                                                 */
 
+/* A CUDA grid measures the ceiling again after its cases and keeps the higher rate: the
+ * card's state moves during a run (fastest pass 4266 GB/s before the cases of one run,
+ * which then read 4380 GB/s themselves), and a ceiling is the best the card gave. */
+static void remeasure_ceiling(bench_env *e, case_result *results, int n)
+{
+#if defined(ETAP_BENCH_WITH_CUDA)
+    double again = 0;
+    size_t bytes = 0;
+    if (bench_cuda_read_ceiling(CEILING_REPS, &again, &bytes) != 0)
+        return; /* keep the first measurement */
+    e->ceiling_again_gbps = again;
+    printf("ceiling   again after the cases: %.0f GB/s; the table uses %.0f GB/s (the higher)\n",
+           again, again > e->ceiling_gbps ? again : e->ceiling_gbps);
+    if (again <= e->ceiling_gbps)
+        return;
+    e->ceiling_gbps = again;
+    for (int i = 0; i < n; i++)
+        if (results[i].timed)
+            set_ceiling_ratios(e, &results[i]);
+#else
+    (void)e, (void)results, (void)n;
+#endif
+}
+
 static int measure_ceiling(bench_env *e)
 {
 #if defined(ETAP_BENCH_WITH_CUDA)
@@ -1044,6 +1081,7 @@ static int measure_ceiling(bench_env *e)
         printf("ceiling   streaming read of %.0f MB with 16-byte loads: %.0f GB/s "
                "(fastest of %d kernels)\n",
                (double)e->ceiling_bytes * 1e-6, e->ceiling_gbps, CEILING_REPS);
+        e->ceiling_first_gbps = e->ceiling_gbps;
         return 0;
     }
 #endif
@@ -1219,6 +1257,8 @@ int main(int argc, char **argv)
         }
     }
 
+    if (o.grid && on_cuda(&e))
+        remeasure_ceiling(&e, results, n);
     printf("\n");
     print_table(&e, results, n);
     if (n == 1 && results[0].peer && results[0].timed) {

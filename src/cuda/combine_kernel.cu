@@ -10,7 +10,8 @@
  * - etap_combine_warp_kernel, for more sequences with fewer splits each (num_workers <= 16 b,
  *   so at most ~17 splits per sequence on average, as splits <= b + num_workers): one warp
  *   per row, 128-thread CTAs, shuffle reductions and no CTA barrier (the block kernel's
- *   waves of 512-thread CTAs, each a chain of loads and barriers, took ~8 us at b = 64).
+ *   waves of 512-thread CTAs, each a chain of loads and barriers, took ~8 us at b = 64),
+ *   4 or 8 splits' loads in flight.
  * For a row with splits k = 0..n-1 (partial out O_k already normalised by its own sum,
  * partial lse L_k = log sum_k exp):   L = log sum_k exp(L_k),  out = sum_k exp(L_k - L) O_k.
  * Sequences with one split were finished by the split kernel; sequences with none get
@@ -191,15 +192,16 @@ __device__ __forceinline__ void combine_row(const decode_params &p, int seq, int
  * One warp per (sequence, KV head, query row), 4 consecutive rows of the flattened index
  * (seq * h_kv + kv_head) * R + r per CTA, no shared memory and no CTA barrier. Lane l owns
  * the dims 4l + 128j + {0..3}, j = 0..3 (a split's row: 4 coalesced float4 per lane). The
- * first 4 splits' rows are loaded together with the lse (lane k reads split k, k + 32, ...);
- * max and sum are shuffle reductions, and the splits are merged 4 at a time with their
- * weights broadcast from the lane that computed them. */
+ * first UNROLL splits' rows are loaded together with the lse (lane k reads split k, k + 32,
+ * ...); max and sum are shuffle reductions, and the splits are merged UNROLL at a time with
+ * their weights broadcast from the lane that computed them. */
 #define COMBINE_WARP_ROWS 4   /* warps (rows) per CTA */
-#define COMBINE_WARP_UNROLL 4 /* splits with loads in flight; divides 32 */
-/* the warp kernel runs when num_workers <= this x batch (a build may override it, -D) */
-#ifndef ETAP_COMBINE_WARP_RATIO
-#define ETAP_COMBINE_WARP_RATIO 16
-#endif
+/* The warp kernel runs when num_workers <= 16 x batch; with UNROLL = 8 splits' loads in
+ * flight when num_workers >= 4 x batch (5 or more splits per sequence on average: one
+ * round of loads fewer, b = 16 / 32 at 4K 0.5-0.9 us faster), else 4 (b >= 64: fewer
+ * registers, more warps resident; 8 was 1 us slower at b = 128). */
+#define COMBINE_WARP_RATIO 16
+#define COMBINE_WARP_RATIO_UNROLL8 4
 
 __device__ __forceinline__ float warp_max(float v)
 {
@@ -215,11 +217,12 @@ __device__ __forceinline__ float warp_sum(float v)
 }
 
 /* v[u] = this lane's 16 floats of split k + u, for the splits k + u < n */
+template <int UNROLL>
 __device__ __forceinline__ void warp_load_splits(float4 (*v)[4], const float *src,
                                                  int64_t split_step, int k, int n)
 {
 #pragma unroll
-    for (int u = 0; u < COMBINE_WARP_UNROLL; u++)
+    for (int u = 0; u < UNROLL; u++)
         if (k + u < n) {
 #pragma unroll
             for (int j = 0; j < 4; j++)
@@ -229,7 +232,7 @@ __device__ __forceinline__ void warp_load_splits(float4 (*v)[4], const float *sr
 
 /* Every branch that a shuffle depends on is warp-uniform (n, bad_plan, lse_max, wsum, k), so
  * the full-mask shuffles are reached by all 32 lanes. */
-template <int FP16>
+template <int FP16, int UNROLL>
 __device__ __forceinline__ void combine_row_warp(const decode_params &p, int64_t idx)
 {
     const int lane = threadIdx.x % 32;
@@ -252,8 +255,8 @@ __device__ __forceinline__ void combine_row_warp(const decode_params &p, int64_t
     const float *out_in = p.partial_out + row0 * 512 + lane * 4;
     const int m = bad_plan ? 0 : n; /* splits to read: none for a bad plan */
 
-    float4 v[COMBINE_WARP_UNROLL][4]; /* splits k .. k + 3 */
-    warp_load_splits(v, out_in, row_stride * 512, 0, m);
+    float4 v[UNROLL][4]; /* splits k .. k + UNROLL - 1 */
+    warp_load_splits<UNROLL>(v, out_in, row_stride * 512, 0, m);
     /* lse of splits lane, lane + 32, ...: the first chunk stays in a register */
     const float lse0 = lane < m ? lse_in[lane * row_stride] : -INFINITY;
     float lse_max = lse0;
@@ -283,7 +286,7 @@ __device__ __forceinline__ void combine_row_warp(const decode_params &p, int64_t
         float w = w0; /* weight of split (k & ~31) + lane */
         for (int k = 0;;) {
 #pragma unroll
-            for (int u = 0; u < COMBINE_WARP_UNROLL; u++) {
+            for (int u = 0; u < UNROLL; u++) {
                 const float wu = __shfl_sync(0xffffffffu, w, (k + u) % 32);
                 if (k + u < n) {
 #pragma unroll
@@ -293,10 +296,10 @@ __device__ __forceinline__ void combine_row_warp(const decode_params &p, int64_t
                     }
                 }
             }
-            k += COMBINE_WARP_UNROLL;
+            k += UNROLL;
             if (k >= n)
                 break;
-            warp_load_splits(v, out_in, row_stride * 512, k, n);
+            warp_load_splits<UNROLL>(v, out_in, row_stride * 512, k, n);
             if (k % 32 == 0) /* next chunk of 32 splits (n > 32) */
                 w = k + lane < n ? __expf(lse_in[(k + lane) * row_stride] - lse_max) : 0.f;
         }
@@ -316,7 +319,7 @@ __device__ __forceinline__ void combine_row_warp(const decode_params &p, int64_t
 }
 
 /* 1-D grid of ceil(b * h_kv * R / 4) CTAs; a warp past the end does nothing. */
-template <int FP16>
+template <int FP16, int UNROLL>
 __global__ void __launch_bounds__(COMBINE_WARP_ROWS * 32)
     etap_combine_warp_kernel(const decode_params p)
 {
@@ -327,21 +330,24 @@ __global__ void __launch_bounds__(COMBINE_WARP_ROWS * 32)
     grid_dependents_launch();
     const int64_t idx = (int64_t)blockIdx.x * COMBINE_WARP_ROWS + threadIdx.x / 32;
     if (idx < (int64_t)p.batch * p.heads_kv * p.rows)
-        combine_row_warp<FP16>(p, idx);
+        combine_row_warp<FP16, UNROLL>(p, idx);
     ETAP_TRACE_COMBINE(2); /* thread 0 gets here on every path */
 }
 
 cudaError_t etap_launch_combine(const decode_params &p, int fp16, int num_sms, cudaStream_t stream)
 {
     cudaLaunchAttribute attr;
-    if (p.num_workers <= ETAP_COMBINE_WARP_RATIO * p.batch) {
-        /* splits <= batch + num_workers: at most ~5 per sequence on average */
+    if (p.num_workers <= COMBINE_WARP_RATIO * p.batch) {
+        /* splits <= batch + num_workers: at most ~17 per sequence on average */
         const int64_t warps = (int64_t)p.batch * p.heads_kv * p.rows;
         const cudaLaunchConfig_t config =
             pdl_launch_config(dim3((unsigned)((warps + COMBINE_WARP_ROWS - 1) / COMBINE_WARP_ROWS)),
                               dim3(COMBINE_WARP_ROWS * 32), 0, stream, &attr);
-        return fp16 ? cudaLaunchKernelEx(&config, etap_combine_warp_kernel<1>, p)
-                    : cudaLaunchKernelEx(&config, etap_combine_warp_kernel<0>, p);
+        if (p.num_workers >= COMBINE_WARP_RATIO_UNROLL8 * p.batch)
+            return fp16 ? cudaLaunchKernelEx(&config, etap_combine_warp_kernel<1, 8>, p)
+                        : cudaLaunchKernelEx(&config, etap_combine_warp_kernel<0, 8>, p);
+        return fp16 ? cudaLaunchKernelEx(&config, etap_combine_warp_kernel<1, 4>, p)
+                    : cudaLaunchKernelEx(&config, etap_combine_warp_kernel<0, 4>, p);
     }
     /* enough (sequence, KV head) CTAs to fill the GPU twice: one CTA each; else one per row */
     const int rows_per_cta = p.batch * p.heads_kv >= 2 * num_sms ? p.rows : 1;

@@ -201,7 +201,9 @@ static etap_status check_supported(const etap_mla_args *a)
 }
 
 /* The paged cache as a 4-D tensor [num_pages][page_size][h_kv][576] for the copy engine;
- * one box = 64 columns x 1 head x 64 tokens x 1 page = one 128B-swizzled 8 KB block. */
+ * one box = 64 columns x 1 head x 64 tokens x 1 page = one 128B-swizzled 8 KB block.
+ * No L2 promotion: a box row is 128 bytes of a 1152-byte token row, and promoting it to
+ * 256 bytes cost 9% at large batches (b = 128, 16K: 591 -> 551 us without, docs/perf.md). */
 static etap_status make_kv_map(const cuda_handle_data *data, const etap_mla_args *a, CUtensorMap *map)
 {
     const etap_mla_shape *s = &a->shape;
@@ -215,7 +217,7 @@ static etap_status make_kv_map(const cuda_handle_data *data, const etap_mla_args
     CUresult r = data->encode_tiled(
         map, s->dtype == ETAP_DTYPE_FP16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
         4, (void *)a->kv_cache, dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (r != CUDA_SUCCESS)
         return etap_fail(ETAP_ERR_UNSUPPORTED,

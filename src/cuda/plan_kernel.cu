@@ -50,22 +50,30 @@ __global__ void __launch_bounds__(PLAN_THREADS)
     extern __shared__ int64_t prefix[]; /* [batch + 1] */
     __shared__ int64_t warp_sums[32];
     __shared__ int32_t first_bad;
+    __shared__ unsigned long long max_cost;
     const int tid = threadIdx.x;
     const int chunk = (batch + PLAN_THREADS - 1) / PLAN_THREADS;
     const int begin = min(batch, tid * chunk), end = min(batch, begin + chunk);
-    if (tid == 0)
+    if (tid == 0) {
         first_bad = batch;
+        max_cost = 0;
+    }
     __syncthreads();
 
     /* 1. costs and their prefix sums */
-    int64_t local = 0;
+    int64_t local = 0, local_max = 0;
     for (int i = begin; i < end; i++) {
         const int32_t len = lengths[i];
-        if (len < 0 || len > max_len)
+        if (len < 0 || len > max_len) {
             atomicMin(&first_bad, i);
-        else
-            local += etap_plan_cost(etap_plan_tiles(len));
+        } else {
+            const int64_t cost = etap_plan_cost(etap_plan_tiles(len));
+            local += cost;
+            local_max = max(local_max, cost);
+        }
     }
+    if (local_max > 0)
+        atomicMax(&max_cost, (unsigned long long)local_max);
     int64_t run;
     const int64_t total = block_exclusive_scan(local, &run, warp_sums);
     for (int i = begin; i < end; i++) {
@@ -77,7 +85,7 @@ __global__ void __launch_bounds__(PLAN_THREADS)
     if (tid == 0)
         prefix[batch] = total;
     __syncthreads();
-    const int64_t quota = etap_plan_quota(total, num_workers);
+    const int64_t quota = etap_plan_quota(total, num_workers, (int64_t)max_cost);
 
     /* 2. per sequence: splits, first worker, split_offset */
     int32_t *split_offset = plan + etap_plan_split_offset_offset(num_workers);
