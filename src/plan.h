@@ -106,15 +106,17 @@ ETAP_HD int64_t etap_plan_cost(int64_t tiles)
 {
     return tiles > 0 ? tiles + ETAP_PLAN_OVERHEAD_UNITS : 0;
 }
-/* Units per worker: ceil(total / W), at least ETAP_PLAN_MIN_QUOTA; raised to the largest
- * sequence cost when that is at most OVERHEAD units more: then no sequence needs a split
- * (and its combine) for a worker's load that grows by at most those units (b = 128 x 4K
- * on 132 workers: quota 64 -> 66, one sequence per worker; docs/plan-format.md). */
+/* Units per worker: q = ceil(total / W), at least ETAP_PLAN_MIN_QUOTA; raised to the
+ * largest sequence cost when that is at most max(OVERHEAD, q / 32) units more: then no
+ * sequence needs a split (and the combine) for a worker's load that grows by at most that
+ * slack (132 workers: b = 128 x 4K quota 64 -> 66, b = 128 x 16K 251 -> 258, one
+ * sequence per worker; docs/plan-format.md). */
 ETAP_HD int64_t etap_plan_quota(int64_t total_units, int32_t num_workers, int64_t max_cost)
 {
     int64_t q = (total_units + num_workers - 1) / num_workers;
     q = q < ETAP_PLAN_MIN_QUOTA ? ETAP_PLAN_MIN_QUOTA : q;
-    return max_cost > q && max_cost <= q + ETAP_PLAN_OVERHEAD_UNITS ? max_cost : q;
+    const int64_t slack = q / 32 > ETAP_PLAN_OVERHEAD_UNITS ? q / 32 : ETAP_PLAN_OVERHEAD_UNITS;
+    return max_cost > q && max_cost <= q + slack ? max_cost : q;
 }
 /* First and last worker of a sequence with tiles > 0 starting at prefix unit p. */
 ETAP_HD int32_t etap_plan_first_worker(int64_t p, int64_t quota)

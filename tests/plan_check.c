@@ -72,7 +72,8 @@ int pc_verify(const int32_t *plan, int32_t batch, int32_t num_workers, int32_t m
     int64_t quota = (total + num_workers - 1) / num_workers;
     if (quota < MIN_QUOTA)
         quota = MIN_QUOTA;
-    if (max_cost > quota && max_cost <= quota + OVERHEAD) /* no split for that little */
+    int64_t slack = quota / 32 > OVERHEAD ? quota / 32 : OVERHEAD;
+    if (max_cost > quota && max_cost <= quota + slack) /* no split for that little */
         quota = max_cost;
     st.quota = quota;
 
@@ -92,10 +93,10 @@ int pc_verify(const int32_t *plan, int32_t batch, int32_t num_workers, int32_t m
     }
     if (got_quota != quota) {
         ok = fail(msg, n,
-                  "header: quota %lld, expected max(ceil(%lld / %d), %d) = %lld (or the largest "
-                  "cost %lld when at most %d above)",
+                  "header: quota %lld, expected max(ceil(%lld / %d), %d) (or the largest "
+                  "cost %lld when at most max(%d, 1/32) above) = %lld",
                   (long long)got_quota, (long long)total, (int)num_workers, MIN_QUOTA,
-                  (long long)quota, (long long)max_cost, OVERHEAD);
+                  (long long)max_cost, OVERHEAD, (long long)quota);
         goto done;
     }
     if (h[H_STATUS] != status || h[H_BAD_SEQ] != bad_seq || h[H_BAD_LEN] != bad_len) {

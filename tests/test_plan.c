@@ -84,6 +84,9 @@ static void make_sets(void)
     l = add_set("b=128 all 4096 (quota raised to one sequence)", 128, 4096);
     for (int i = 0; i < 128; i++)
         l[i] = 4096;
+    l = add_set("b=128 all 16384 (quota raised by q/32)", 128, 16384);
+    for (int i = 0; i < 128; i++)
+        l[i] = 16384;
     l = add_set("b=130 near-equal 4000..4096", 130, 4096);
     for (int i = 0; i < 130; i++)
         l[i] = (int32_t)tu_rng_range(&r, 4000, 4096);
@@ -246,24 +249,33 @@ static void test_builder(void)
         free(lens);
     }
 
-    /* b = 128 x 4K on 132 workers: ceil(128 * 66 / 132) = 64 units, one sequence costs 66,
-     * so the quota is raised to 66 and no sequence is split (no combine work) */
+    /* b = 128 on 132 workers: ceil(128 * 66 / 132) = 64 units and one 4K sequence costs 66
+     * (2 above: raised); at 16K, 251 and 258 (7 = 251 / 32 above: raised); at 32K, 499 and
+     * 514 (15 = 499 / 32 above: raised); b = 100 x 4K: 50 and 66 (not raised). Raised: no
+     * sequence is split, so there is no combine work. */
     {
-        int32_t b = 128, w = 132;
-        int32_t *lens = malloc(sizeof(int32_t) * (size_t)b);
-        for (int i = 0; i < b; i++)
-            lens[i] = 4096;
-        int32_t *plan = malloc(sizeof(int32_t) * (size_t)pc_plan_words(b, w));
-        etap_plan_build(b, w, 4096, lens, plan);
-        pc_stats st;
-        int ok = pc_verify(plan, b, w, 4096, lens, &st, msg, sizeof msg);
-        if (ok && st.quota == 66 && plan[8] == b)
-            tu_pass(&T, "builder: 128 x 4K, W=132: quota 66, 128 splits (%s)", msg);
-        else
-            tu_fail(&T, "builder: 128 x 4K, W=132: quota %lld, %d splits, want 66 and 128 (%s)",
-                    (long long)st.quota, (int)plan[8], msg);
-        free(plan);
-        free(lens);
+        const struct { int32_t len, b; int64_t quota; } q[] = {
+            {4096, 128, 66}, {16384, 128, 258}, {32768, 128, 514}, {4096, 100, 50}};
+        for (int k = 0; k < 4; k++) {
+            int32_t b = q[k].b, w = 132;
+            int32_t *lens = malloc(sizeof(int32_t) * (size_t)b);
+            for (int i = 0; i < b; i++)
+                lens[i] = q[k].len;
+            int32_t *plan = malloc(sizeof(int32_t) * (size_t)pc_plan_words(b, w));
+            etap_plan_build(b, w, q[k].len, lens, plan);
+            pc_stats st;
+            int ok = pc_verify(plan, b, w, q[k].len, lens, &st, msg, sizeof msg);
+            int unsplit = q[k].quota >= q[k].len / 64 + 2;
+            if (ok && st.quota == q[k].quota && (!unsplit || plan[8] == b))
+                tu_pass(&T, "builder: %d x %d tokens, W=132: quota %lld (%s)", (int)b,
+                        (int)q[k].len, (long long)st.quota, msg);
+            else
+                tu_fail(&T, "builder: %d x %d tokens, W=132: quota %lld, %d splits, want %lld (%s)",
+                        (int)b, (int)q[k].len, (long long)st.quota, (int)plan[8],
+                        (long long)q[k].quota, msg);
+            free(plan);
+            free(lens);
+        }
     }
 
     /* invalid lengths: counted as empty, the first one (by index) reported */
