@@ -47,7 +47,6 @@
 #define PV_K_STEPS (KV_TILE_TOKENS / 16)
 #define THREADS 384
 #define CONSUMER_THREADS 256
-#define PRODUCER_THREADS 128
 #define Q_COPY_THREADS 96 /* producer warps 1..3 */
 /* Registers per thread after setmaxnreg (the 64K register file: 128 x (producer + 2 x
  * consumer) <= 65536): the consumers need the most at N = 64, the producer's Q copy spills
