@@ -10,6 +10,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -20,6 +21,7 @@
 #include "bench.h"
 #include "peers_h200.h"
 #include "plan.h"
+#include "trace_slots.h"
 
 #ifndef ETAP_BENCH_PLOT_SCRIPT /* set by tools/CMakeLists.txt to the absolute path */
 #define ETAP_BENCH_PLOT_SCRIPT "tools/plot_grid.py"
@@ -62,6 +64,7 @@ typedef struct options {
     uint64_t seed;
     int grid;
     int verify;
+    int trace;
     const char *json;
     const char *plot;
 } options;
@@ -97,6 +100,8 @@ static void usage(FILE *f)
         "  --grid            the h_q=16 grid of PEERS-H200.md and its more-query-rows\n"
         "                    cases (no shape options with it)\n"
         "  --no-verify       skip the check against the reference\n"
+        "  --trace           one case, with a library built with -DETAP_TRACE=ON: print the\n"
+        "                    CTA timeline of the last timed call (docs/perf.md)\n"
         "  --json FILE       write every result as JSON\n"
         "  --plot FILE       with --grid: draw GB/s against s_k into FILE (PNG, needs\n"
         "                    python3 with matplotlib)\n"
@@ -188,6 +193,8 @@ static int parse_options(int argc, char **argv, options *o)
             flag = &given_varlen;
         else if (strcmp(name, "--grid") == 0)
             flag = &o->grid;
+        else if (strcmp(name, "--trace") == 0)
+            flag = &o->trace;
         if (flag || strcmp(name, "--no-verify") == 0) {
             if (eq)
                 return bad_option("%s takes no value (got '%s')", name, eq + 1);
@@ -283,6 +290,8 @@ static int parse_options(int argc, char **argv, options *o)
                      given_dtype | given_causal | given_varlen;
     if (o->grid && o->shape_given)
         return bad_option("--grid runs fixed shapes: drop the shape options%s%s", "", "");
+    if (o->trace && o->grid)
+        return bad_option("--trace prints one case's timeline: drop --grid%s%s", "", "");
     if (o->plot && !o->grid)
         return bad_option("--plot draws the grid: add --grid%s%s", "", "");
     if (o->plot && strchr(o->plot, '\''))
@@ -1046,6 +1055,92 @@ static void plot_command(char *buf, size_t n, const char *json, const char *png)
 /* ------------------------------------------------------------------------------------ */
 /* main                                                                                 */
 
+/* --trace: the timeline the kernels of a -DETAP_TRACE=ON library stamped during the last
+ * call (src/trace_slots.h): per slot the mean and the max over the CTAs that wrote it, in
+ * us from the first CTA's entry. */
+static int print_trace(const case_result *x)
+{
+    typedef int (*copy_fn)(void *, size_t);
+    void *self = dlopen(NULL, RTLD_LAZY);
+    copy_fn split_copy = NULL, combine_copy = NULL;
+    if (self) {
+        *(void **)&split_copy = dlsym(self, "etap_debug_trace_copy");
+        *(void **)&combine_copy = dlsym(self, "etap_debug_combine_trace_copy");
+    }
+    static unsigned long long tr[ETAP_TRACE_CTAS][ETAP_TRACE_SLOTS];
+    static unsigned long long ct[ETAP_TRACE_COMBINE_CTAS][TRACE_COMBINE_SLOTS];
+    if (!split_copy || !combine_copy || split_copy(tr, sizeof tr) || combine_copy(ct, sizeof ct)) {
+        fprintf(stderr, "etap-bench: --trace: this libetap has no timeline (build it with "
+                        "-DETAP_TRACE=ON, CUDA backend)\n");
+        return -1;
+    }
+    const int ctas = x->num_workers < ETAP_TRACE_CTAS ? x->num_workers : ETAP_TRACE_CTAS;
+    unsigned long long base = ~0ull;
+    for (int w = 0; w < ctas; w++)
+        if (tr[w][TRACE_ENTRY] && tr[w][TRACE_ENTRY] < base)
+            base = tr[w][TRACE_ENTRY];
+    const unsigned long long window = 1000000000ull; /* stamps of the last call: < 1 s */
+    printf("\ntimeline  last call, %d CTAs of KV head 0; us from the first entry (mean, max)\n",
+           ctas);
+    for (int k = 0; k < ETAP_TRACE_SLOTS; k++) {
+        char name[48];
+        if (k == TRACE_ENTRY) snprintf(name, sizeof name, "entry");
+        else if (k == TRACE_DEP_WAIT) snprintf(name, sizeof name, "griddepcontrol.wait done");
+        else if (k == TRACE_PLAN) snprintf(name, sizeof name, "plan read");
+        else if (k == TRACE_EXIT) snprintf(name, sizeof name, "exit");
+        else if (k == TRACE_Q_READY) snprintf(name, sizeof name, "first Q ready");
+        else if (k >= TRACE_TILE_FULL && k < TRACE_TILE_FULL + 2 * ETAP_TRACE_TILES)
+            snprintf(name, sizeof name, "tile %d %s", (k - TRACE_TILE_FULL) / 2,
+                     (k - TRACE_TILE_FULL) % 2 ? "PV done" : "landed");
+        else if (k == TRACE_LAST_TILE) snprintf(name, sizeof name, "last tile PV done");
+        else if (k == TRACE_EPILOGUE) snprintf(name, sizeof name, "last epilogue done");
+        else if (k == TRACE_TILES) snprintf(name, sizeof name, "tiles (count)");
+        else if (k == TRACE_SEQS) snprintf(name, sizeof name, "sequences (count)");
+        else if (k >= TRACE_PROD_FREE && k < TRACE_PROD_FREE + 2 * ETAP_TRACE_PRODUCER_TILES)
+            snprintf(name, sizeof name, "copy %d %s", (k - TRACE_PROD_FREE) / 2,
+                     (k - TRACE_PROD_FREE) % 2 ? "issued" : "stage free");
+        else if (k == TRACE_T2_S) snprintf(name, sizeof name, "tile 2 S^T done");
+        else if (k == TRACE_T2_SOFTMAX) snprintf(name, sizeof name, "tile 2 softmax done");
+        else if (k == TRACE_T2_P_FULL) snprintf(name, sizeof name, "tile 2 P^T written");
+        else if (k == TRACE_T2_PV_ISSUED) snprintf(name, sizeof name, "tile 2 PV issued");
+        else if (k == TRACE_SUMS) snprintf(name, sizeof name, "last epilogue sums");
+        else continue;
+        const int count = k == TRACE_TILES || k == TRACE_SEQS;
+        double sum = 0, mx = 0;
+        int m = 0;
+        for (int w = 0; w < ctas; w++) {
+            const unsigned long long v = tr[w][k];
+            double d;
+            if (count)
+                d = (double)v;
+            else if (v >= base && v - base < window)
+                d = (double)(v - base) * 1e-3;
+            else
+                continue;
+            sum += d, m++;
+            mx = d > mx ? d : mx;
+        }
+        if (m)
+            printf("  %-26s %9.2f %9.2f  (%d CTAs)\n", name, sum / m, mx, m);
+    }
+    unsigned long long first = ~0ull, wait = ~0ull, last = 0;
+    int m = 0;
+    for (int i = 0; i < ETAP_TRACE_COMBINE_CTAS; i++) {
+        const unsigned long long *c = ct[i];
+        if (c[TRACE_COMBINE_ENTRY] < base || c[TRACE_COMBINE_ENTRY] - base >= window)
+            continue;
+        m++;
+        first = c[TRACE_COMBINE_ENTRY] < first ? c[TRACE_COMBINE_ENTRY] : first;
+        wait = c[TRACE_COMBINE_DEP_WAIT] < wait ? c[TRACE_COMBINE_DEP_WAIT] : wait;
+        last = c[TRACE_COMBINE_EXIT] > last ? c[TRACE_COMBINE_EXIT] : last;
+    }
+    if (m)
+        printf("  combine: %d CTAs, first entry %.2f, first wait done %.2f, last exit %.2f\n", m,
+               (double)(first - base) * 1e-3, (double)(wait - base) * 1e-3,
+               (double)(last - base) * 1e-3);
+    return 0;
+}
+
 /* A CUDA grid measures the ceiling again after its cases and keeps the higher rate: the
  * card's state moves during a run (fastest pass 4266 GB/s before the cases of one run,
  * which then read 4380 GB/s themselves), and a ceiling is the best the card gave. */
@@ -1270,6 +1365,8 @@ int main(int argc, char **argv)
         else
             printf("not measured\n");
     }
+    if (o.trace && n == 1 && results[0].timed && print_trace(&results[0]) != 0)
+        return EXIT_RUNTIME;
     if (o.grid && e.verify) {
         printf("\n");
         print_accuracy(results, n);

@@ -29,8 +29,8 @@
 #include "trace.cuh"
 
 #ifdef ETAP_TRACE
-/* Slots: 0 entry, 1 griddepcontrol.wait done, 2 exit (trace.cuh). */
-__device__ unsigned long long etap_trace_combine[ETAP_TRACE_COMBINE_CTAS][3];
+/* src/trace_slots.h names the slots */
+__device__ unsigned long long etap_trace_combine[ETAP_TRACE_COMBINE_CTAS][TRACE_COMBINE_SLOTS];
 extern "C" __attribute__((visibility("default"))) int etap_debug_combine_trace_copy(void *dst,
                                                                                    size_t bytes)
 {
@@ -91,11 +91,11 @@ __global__ void __launch_bounds__(COMBINE_THREADS)
     __shared__ float weight[COMBINE_MAX_SPLITS];
     __shared__ float4 group_acc[COMBINE_GROUPS - 1][128];
     __shared__ float scratch[COMBINE_THREADS / 32];
-    ETAP_TRACE_COMBINE(0);
+    ETAP_TRACE_COMBINE(TRACE_COMBINE_ENTRY);
     /* launched early (programmatic dependent launch): the split kernel's partials, its
      * direct outputs and the plan are only read after this */
     grid_dependency_wait();
-    ETAP_TRACE_COMBINE(1);
+    ETAP_TRACE_COMBINE(TRACE_COMBINE_DEP_WAIT);
     grid_dependents_launch(); /* the next decode call's split kernel may start launching */
     const int seq = blockIdx.x / p.heads_kv, kv_head = blockIdx.x % p.heads_kv;
     const int32_t *split_offset = p.plan + etap_plan_split_offset_offset(p.num_workers);
@@ -103,13 +103,13 @@ __global__ void __launch_bounds__(COMBINE_THREADS)
     const bool bad_plan = p.plan[ETAP_PLAN_H_STATUS] != ETAP_PLAN_OK || len < 0 || len > p.max_len;
     const int first = split_offset[seq], n = split_offset[seq + 1] - first;
     if (n == 1 && !bad_plan) {
-        ETAP_TRACE_COMBINE(2);
+        ETAP_TRACE_COMBINE(TRACE_COMBINE_EXIT);
         return;
     }
     const int r_end = min(p.rows, (int)(blockIdx.y + 1) * rows_per_cta);
     for (int r = blockIdx.y * rows_per_cta; r < r_end; r++)
         combine_row<FP16>(p, seq, kv_head, r, first, n, bad_plan, weight, group_acc, scratch);
-    ETAP_TRACE_COMBINE(2);
+    ETAP_TRACE_COMBINE(TRACE_COMBINE_EXIT);
 }
 
 /* One query row: merges its n partials (or writes 0 / +inf, or NaN for a bad plan). */
@@ -323,15 +323,15 @@ template <int FP16, int UNROLL>
 __global__ void __launch_bounds__(COMBINE_WARP_ROWS * 32)
     etap_combine_warp_kernel(const decode_params p)
 {
-    ETAP_TRACE_COMBINE(0);
+    ETAP_TRACE_COMBINE(TRACE_COMBINE_ENTRY);
     /* launched early (programmatic dependent launch): see etap_combine_kernel */
     grid_dependency_wait();
-    ETAP_TRACE_COMBINE(1);
+    ETAP_TRACE_COMBINE(TRACE_COMBINE_DEP_WAIT);
     grid_dependents_launch();
     const int64_t idx = (int64_t)blockIdx.x * COMBINE_WARP_ROWS + threadIdx.x / 32;
     if (idx < (int64_t)p.batch * p.heads_kv * p.rows)
         combine_row_warp<FP16, UNROLL>(p, idx);
-    ETAP_TRACE_COMBINE(2); /* thread 0 gets here on every path */
+    ETAP_TRACE_COMBINE(TRACE_COMBINE_EXIT); /* thread 0 gets here on every path */
 }
 
 cudaError_t etap_launch_combine(const decode_params &p, int fp16, int num_sms, cudaStream_t stream)

@@ -108,11 +108,7 @@ static_assert(smem_q_offset() % 1024 == 0, "q tile must be 1024-aligned for the 
 int etap_sm90_smem_bytes(int n_rows) { return smem_total(n_rows); }
 
 #ifdef ETAP_TRACE
-/* Slots (trace.cuh): 0 entry, 1 griddepcontrol.wait done, 2 plan read, 3 exit, 4 first Q
- * ready, 5 + 2k / 6 + 2k tile k < 10 full / PV done, 25 / 26 last tile done / epilogue
- * done, 27 tiles, 28 sequences, 30 + 2k / 31 + 2k producer tile k < 5 stage free / issued,
- * 40..43 tile 2: S^T done, softmax done, P full, PV issued; 44 last epilogue: sums
- * exchanged. */
+/* src/trace_slots.h names the slots */
 __device__ unsigned long long etap_trace_split[ETAP_TRACE_CTAS][ETAP_TRACE_SLOTS];
 extern "C" __attribute__((visibility("default"))) int etap_debug_trace_copy(void *dst, size_t bytes)
 {
@@ -269,14 +265,14 @@ __device__ __forceinline__ void produce(const CUtensorMap &kv_map, const decode_
              * off the middle of the grid). */
             if (it == 1)
                 mbarrier_wait(&b.full[0], 0);
-            ETAP_TRACE_SPLIT(30 + 2 * it, it < 5);
+            ETAP_TRACE_SPLIT(TRACE_PROD_FREE + 2 * it, it < ETAP_TRACE_PRODUCER_TILES);
             mbarrier_arrive_expect_tx(&b.full[s], KV_TILE_BYTES);
             uint8_t *stage = smem + s * KV_TILE_BYTES;
 #pragma unroll
             for (int c = 0; c < QK_COL_BLOCKS; c++)
                 tma_load_4d(stage + c * COL_BLOCK_BYTES, &kv_map, &b.full[s], c * 64, kv_head,
                             in_page, page);
-            ETAP_TRACE_SPLIT(31 + 2 * it, it < 5);
+            ETAP_TRACE_SPLIT(TRACE_PROD_ISSUED + 2 * it, it < ETAP_TRACE_PRODUCER_TILES);
         }
     }
 }
@@ -393,12 +389,12 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
          * writes, read next by wgmma) */
         mbarrier_wait(b.q_full, qi & 1);
         fence_proxy_async_smem();
-        ETAP_TRACE_SPLIT(4, ctid == 0 && it == 0);
+        ETAP_TRACE_SPLIT(TRACE_Q_READY, ctid == 0 && it == 0);
 
         for (int t = t0; t < t1; t++, it++) {
             const int s = it % KV_STAGES;
             mbarrier_wait(&b.full[s], (it / KV_STAGES) & 1);
-            ETAP_TRACE_SPLIT(5 + 2 * it, ctid == 0 && it < 10);
+            ETAP_TRACE_SPLIT(TRACE_TILE_FULL + 2 * it, ctid == 0 && it < ETAP_TRACE_TILES);
             uint8_t *stage = smem + s * KV_TILE_BYTES;
             const uint32_t stage_addr = smem_addr(stage);
             /* P_lo: rows N..2N-1 of the p tile (stacked), or the tile's RoPE columns
@@ -421,7 +417,7 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
             wgmma_commit();
             wgmma_wait<0>();
             fence_accumulators(sacc);
-            ETAP_TRACE_SPLIT(40, ctid == 0 && it == 2);
+            ETAP_TRACE_SPLIT(TRACE_T2_S, ctid == 0 && it == 2);
             if (t == t1 - 1)
                 mbarrier_arrive(b.q_empty); /* the producer may load the next Q */
 
@@ -460,7 +456,7 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
                 sacc[i1] = p1;
                 m_run[c] = m_new;
             }
-            ETAP_TRACE_SPLIT(41, ctid == 0 && it == 2);
+            ETAP_TRACE_SPLIT(TRACE_T2_SOFTMAX, ctid == 0 && it == 2);
 
             /* Both warpgroups' PV of the previous tile is complete (wgmma_wait below), so
              * P and alpha may be overwritten. */
@@ -495,7 +491,7 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
             }
             fence_proxy_async_smem();
             named_barrier_sync(BAR_P_FULL, CONSUMER_THREADS);
-            ETAP_TRACE_SPLIT(42, ctid == 0 && it == 2);
+            ETAP_TRACE_SPLIT(TRACE_T2_P_FULL, ctid == 0 && it == 2);
 
             /* ---- O^T += V^T P^T: this warpgroup's 256 dims, 4 x m64, all N rows ---- */
 #pragma unroll
@@ -537,15 +533,15 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
                 }
             }
             wgmma_commit();
-            ETAP_TRACE_SPLIT(43, ctid == 0 && it == 2);
+            ETAP_TRACE_SPLIT(TRACE_T2_PV_ISSUED, ctid == 0 && it == 2);
             wgmma_wait<0>();
 #pragma unroll
             for (int mb = 0; mb < M_BLOCKS_PER_WG; mb++)
                 fence_accumulators(o[mb]);
             mbarrier_arrive(&b.empty[s]);
-            ETAP_TRACE_SPLIT(6 + 2 * it, ctid == 0 && it < 10);
-            ETAP_TRACE_SPLIT(25, ctid == 0);
-            ETAP_TRACE_SPLIT_VALUE(27, ctid == 0, (unsigned long long)(it + 1));
+            ETAP_TRACE_SPLIT(TRACE_TILE_DONE + 2 * it, ctid == 0 && it < ETAP_TRACE_TILES);
+            ETAP_TRACE_SPLIT(TRACE_LAST_TILE, ctid == 0);
+            ETAP_TRACE_SPLIT_VALUE(TRACE_TILES, ctid == 0, (unsigned long long)(it + 1));
         }
         qi++;
 
@@ -560,7 +556,7 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
                 red_wg[warp * NH + frag_col(c, col_base)] = l;
         }
         named_barrier_sync(BAR_EXCHANGE, CONSUMER_THREADS); /* per-warp sums in red */
-        ETAP_TRACE_SPLIT(44, ctid == 0);
+        ETAP_TRACE_SPLIT(TRACE_SUMS, ctid == 0);
         /* lse by the threads that own the row's running max; 1/l by every thread for its
          * own columns (store_o), so no further barrier */
         const int64_t part_row0 = ((int64_t)split * p.heads_kv + kv_head) * p.rows;
@@ -588,8 +584,8 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
             store_o<uint16_t, N, FP16>(p, seq, kv_head, -1, o, red, dim0, col_base);
         else
             store_o<float, N, FP16>(p, seq, kv_head, part_row0, o, red, dim0, col_base);
-        ETAP_TRACE_SPLIT(26, ctid == 0);
-        ETAP_TRACE_SPLIT_VALUE(28, ctid == 0, (unsigned long long)(seq - wr.first_seq + 1));
+        ETAP_TRACE_SPLIT(TRACE_EPILOGUE, ctid == 0);
+        ETAP_TRACE_SPLIT_VALUE(TRACE_SEQS, ctid == 0, (unsigned long long)(seq - wr.first_seq + 1));
     }
 }
 
@@ -602,7 +598,7 @@ __global__ void __launch_bounds__(THREADS, 1)
     const ring_bars b = {bars, bars + KV_STAGES, bars + 2 * KV_STAGES, bars + 2 * KV_STAGES + 1};
 
     const int tid = threadIdx.x;
-    ETAP_TRACE_SPLIT(0, tid == 0);
+    ETAP_TRACE_SPLIT(TRACE_ENTRY, tid == 0);
     if (tid == 0) {
         for (int s = 0; s < KV_STAGES; s++) {
             mbarrier_init(&b.full[s], 1);
@@ -617,7 +613,7 @@ __global__ void __launch_bounds__(THREADS, 1)
      * stream (any kernel: it may have written q, the cache or the plan) may still be
      * running, so no input is read before this wait. */
     grid_dependency_wait();
-    ETAP_TRACE_SPLIT(1, tid == 0);
+    ETAP_TRACE_SPLIT(TRACE_DEP_WAIT, tid == 0);
     grid_dependents_launch(); /* the combine kernel may start its launch now */
     const int32_t *plan = p.plan;
     if (plan[ETAP_PLAN_H_STATUS] != ETAP_PLAN_OK)
@@ -625,7 +621,7 @@ __global__ void __launch_bounds__(THREADS, 1)
     const int32_t *rec = plan + etap_plan_worker_offset(blockIdx.x);
     const worker_range wr = {rec[0], rec[1], rec[2], rec[3]};
     __syncthreads();
-    ETAP_TRACE_SPLIT(2, tid == 0);
+    ETAP_TRACE_SPLIT(TRACE_PLAN, tid == 0);
     if (wr.last_seq < wr.first_seq)
         return; /* idle worker */
 
@@ -640,7 +636,7 @@ __global__ void __launch_bounds__(THREADS, 1)
         consume_kv_tiles<N, FP16>(p, wr, smem, b);
     }
     __syncthreads();
-    ETAP_TRACE_SPLIT(3, tid == 0);
+    ETAP_TRACE_SPLIT(TRACE_EXIT, tid == 0);
 }
 
 /* ---- launch ---------------------------------------------------------------------------- */

@@ -4,15 +4,13 @@
  * In a normal build every ETAP_TRACE_* macro is empty. With ETAP_TRACE, the split kernel's
  * CTAs of KV head 0 (workers < ETAP_TRACE_CTAS) and every combine CTA write %globaltimer
  * stamps into device arrays, read back with etap_debug_trace_copy() /
- * etap_debug_combine_trace_copy() (exported from a trace build only); the last call wins.
- * docs/perf.md lists the slots and how the timeline was read.
+ * etap_debug_combine_trace_copy() (exported from a trace build only; `etap-bench --trace`
+ * prints them); the last call wins. ../trace_slots.h names the slots.
  */
 #pragma once
 #include <stdint.h>
 
-#define ETAP_TRACE_CTAS 264
-#define ETAP_TRACE_SLOTS 48
-#define ETAP_TRACE_COMBINE_CTAS 8192
+#include "../trace_slots.h"
 
 #ifdef ETAP_TRACE
 __device__ __forceinline__ unsigned long long trace_now(void)
