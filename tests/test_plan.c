@@ -49,6 +49,14 @@ static int32_t *add_set(const char *name, int32_t batch, int32_t max_len)
     return s->lens;
 }
 
+/* A set whose sequences all have `len` tokens. */
+static void add_equal_set(const char *name, int32_t batch, int32_t max_len, int32_t len)
+{
+    int32_t *l = add_set(name, batch, max_len);
+    for (int i = 0; i < batch; i++)
+        l[i] = len;
+}
+
 static void make_sets(void)
 {
     tu_rng r;
@@ -78,24 +86,14 @@ static void make_sets(void)
     l[0] = 500000;
     for (int i = 1; i < 33; i++)
         l[i] = (int32_t)tu_rng_range(&r, 0, 300);
-    l = add_set("b=17 all at max_len", 17, 4096);
-    for (int i = 0; i < 17; i++)
-        l[i] = 4096;
-    l = add_set("b=128 all 4096 (quota raised to one sequence)", 128, 4096);
-    for (int i = 0; i < 128; i++)
-        l[i] = 4096;
-    l = add_set("b=128 all 16384 (quota raised by q/32)", 128, 16384);
-    for (int i = 0; i < 128; i++)
-        l[i] = 16384;
+    add_equal_set("b=17 all at max_len", 17, 4096, 4096);
+    add_equal_set("b=128 all 4096 (quota raised to one sequence)", 128, 4096, 4096);
+    add_equal_set("b=128 all 16384 (quota raised by q/32)", 128, 16384, 16384);
     l = add_set("b=130 near-equal 4000..4096", 130, 4096);
     for (int i = 0; i < 130; i++)
         l[i] = (int32_t)tu_rng_range(&r, 4000, 4096);
-    l = add_set("b=1000 all exactly 64", 1000, 64);
-    for (int i = 0; i < 1000; i++)
-        l[i] = 64;
-    l = add_set("b=300 all 1 token", 300, 64);
-    for (int i = 0; i < 300; i++)
-        l[i] = 1;
+    add_equal_set("b=1000 all exactly 64", 1000, 64, 64);
+    add_equal_set("b=300 all 1 token", 300, 64, 1);
     l = add_set("b=128 trailing zeros", 128, 8192);
     for (int i = 0; i < 64; i++)
         l[i] = (int32_t)tu_rng_range(&r, 1, 8192);

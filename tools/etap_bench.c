@@ -1080,31 +1080,36 @@ static int print_trace(const case_result *x)
         if (tr[w][TRACE_ENTRY] && tr[w][TRACE_ENTRY] < base)
             base = tr[w][TRACE_ENTRY];
     const unsigned long long window = 1000000000ull; /* stamps of the last call: < 1 s */
+    static const char *const slot_names[ETAP_TRACE_SLOTS] = {
+        [TRACE_ENTRY] = "entry",
+        [TRACE_DEP_WAIT] = "griddepcontrol.wait done",
+        [TRACE_PLAN] = "plan read",
+        [TRACE_EXIT] = "exit",
+        [TRACE_Q_READY] = "first Q ready",
+        [TRACE_LAST_TILE] = "last tile PV done",
+        [TRACE_EPILOGUE] = "last epilogue done",
+        [TRACE_TILES] = "tiles (count)",
+        [TRACE_SEQS] = "sequences (count)",
+        [TRACE_T2_S] = "tile 2 S^T done",
+        [TRACE_T2_SOFTMAX] = "tile 2 softmax done",
+        [TRACE_T2_P_FULL] = "tile 2 P^T written",
+        [TRACE_T2_PV_ISSUED] = "tile 2 PV issued",
+        [TRACE_SUMS] = "last epilogue sums",
+    };
     printf("\ntimeline  last call, %d CTAs of KV head 0; us from the first entry (mean, max)\n",
            ctas);
     for (int k = 0; k < ETAP_TRACE_SLOTS; k++) {
         char name[48];
-        if (k == TRACE_ENTRY) snprintf(name, sizeof name, "entry");
-        else if (k == TRACE_DEP_WAIT) snprintf(name, sizeof name, "griddepcontrol.wait done");
-        else if (k == TRACE_PLAN) snprintf(name, sizeof name, "plan read");
-        else if (k == TRACE_EXIT) snprintf(name, sizeof name, "exit");
-        else if (k == TRACE_Q_READY) snprintf(name, sizeof name, "first Q ready");
-        else if (k >= TRACE_TILE_FULL && k < TRACE_TILE_FULL + 2 * ETAP_TRACE_TILES)
+        if (k >= TRACE_TILE_FULL && k < TRACE_TILE_FULL + 2 * ETAP_TRACE_TILES)
             snprintf(name, sizeof name, "tile %d %s", (k - TRACE_TILE_FULL) / 2,
                      (k - TRACE_TILE_FULL) % 2 ? "PV done" : "landed");
-        else if (k == TRACE_LAST_TILE) snprintf(name, sizeof name, "last tile PV done");
-        else if (k == TRACE_EPILOGUE) snprintf(name, sizeof name, "last epilogue done");
-        else if (k == TRACE_TILES) snprintf(name, sizeof name, "tiles (count)");
-        else if (k == TRACE_SEQS) snprintf(name, sizeof name, "sequences (count)");
         else if (k >= TRACE_PROD_FREE && k < TRACE_PROD_FREE + 2 * ETAP_TRACE_PRODUCER_TILES)
             snprintf(name, sizeof name, "copy %d %s", (k - TRACE_PROD_FREE) / 2,
                      (k - TRACE_PROD_FREE) % 2 ? "issued" : "stage free");
-        else if (k == TRACE_T2_S) snprintf(name, sizeof name, "tile 2 S^T done");
-        else if (k == TRACE_T2_SOFTMAX) snprintf(name, sizeof name, "tile 2 softmax done");
-        else if (k == TRACE_T2_P_FULL) snprintf(name, sizeof name, "tile 2 P^T written");
-        else if (k == TRACE_T2_PV_ISSUED) snprintf(name, sizeof name, "tile 2 PV issued");
-        else if (k == TRACE_SUMS) snprintf(name, sizeof name, "last epilogue sums");
-        else continue;
+        else if (slot_names[k])
+            snprintf(name, sizeof name, "%s", slot_names[k]);
+        else
+            continue;
         const int count = k == TRACE_TILES || k == TRACE_SEQS;
         double sum = 0, mx = 0;
         int m = 0;
