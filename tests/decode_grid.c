@@ -337,6 +337,16 @@ void dg_build(dg_list *l, int size, int for_cuda, uint64_t seed)
         c->desc.causal = 1;
         c->desc.num_heads_q = 32;
 
+        /* 80 rows per KV head (MTP with 5 positions): two row groups of 40, run as N = 48 */
+        nb = size == 1 ? 6 : 24;
+        c = add(l, "cuda-rows80-mtp5", nb);
+        for (int32_t i = 0; i < nb; i++)
+            c->lens[i] = i == 1 ? 3 : (int32_t)tu_rng_range(&r, 0, 3000);
+        c->desc.seqlen_q = 5;
+        c->desc.causal = 1;
+        c->desc.num_heads_q = 32;
+        c->desc.num_heads_kv = 2;
+
         nb = size == 1 ? 8 : 64;
         c = add(l, "cuda-b64-hq64", nb);
         for (int32_t i = 0; i < nb; i++)

@@ -172,17 +172,11 @@ static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 static etap_status check_supported(const etap_mla_args *a)
 {
     const etap_mla_shape *s = &a->shape;
-    const int32_t rows = etap_rows_per_kv_head(s);
     if (s->page_size % 64 != 0)
         return etap_fail(ETAP_ERR_UNSUPPORTED,
                          "unsupported page_size %d: the CUDA backend needs a multiple of 64 (64 is what "
                          "FlashMLA uses); use the CPU backend for other page sizes",
                          (int)s->page_size);
-    if (rows > ETAP_SM90_MAX_ROWS)
-        return etap_fail(ETAP_ERR_UNSUPPORTED,
-                         "unsupported: seqlen_q * num_heads_q / num_heads_kv = %d query rows per KV "
-                         "head; the CUDA backend handles at most %d for now",
-                         (int)rows, ETAP_SM90_MAX_ROWS);
     if (!aligned16(a->q) || a->q_stride_batch % 8 || a->q_stride_seq % 8 || a->q_stride_head % 8)
         return etap_fail(ETAP_ERR_UNSUPPORTED,
                          "unsupported q layout: q must be 16-byte aligned with strides that are multiples of 8 "
@@ -273,7 +267,11 @@ extern "C" etap_status etap_cuda_decode(const struct etap_handle_s *h, const eta
     p.partial_out = (float *)workspace;
     p.partial_lse = p.partial_out + (int64_t)p.max_splits * p.heads_kv * p.rows * ETAP_HEAD_DIM_V;
 
-    const int n_rows = (p.rows + ETAP_SM90_ROW_STEP - 1) / ETAP_SM90_ROW_STEP * ETAP_SM90_ROW_STEP;
+    /* R > ETAP_SM90_MAX_ROWS: the fewest row groups of at most that many rows, equal in
+     * size (R = 80: two groups of 40, each run as N = 48) */
+    const int groups = (p.rows + ETAP_SM90_MAX_ROWS - 1) / ETAP_SM90_MAX_ROWS;
+    const int group_rows = (p.rows + groups - 1) / groups;
+    const int n_rows = (group_rows + ETAP_SM90_ROW_STEP - 1) / ETAP_SM90_ROW_STEP * ETAP_SM90_ROW_STEP;
     const int fp16 = s->dtype == ETAP_DTYPE_FP16;
     device_scope scope;
     CUDA_TRY(enter_device(h, &scope), "cudaSetDevice");

@@ -51,7 +51,9 @@ static inline cudaLaunchConfig_t pdl_launch_config(dim3 grid, dim3 block, size_t
 }
 
 /* Query rows per CTA on the GPU: N, R rounded up to a multiple of ETAP_SM90_ROW_STEP (each
- * consumer warpgroup computes S^T for N/2 of them, and wgmma's N is a multiple of 8). */
+ * consumer warpgroup computes S^T for N/2 of them, and wgmma's N is a multiple of 8). A KV
+ * head with more than ETAP_SM90_MAX_ROWS rows is split into equal row groups, one CTA each
+ * (grid z). */
 #define ETAP_SM90_MAX_ROWS 64
 #define ETAP_SM90_ROW_STEP 16
 

@@ -1,16 +1,19 @@
 /*
  * decode_sm90.cu - the ETAP split kernel for Hopper (sm_90a).
  *
- * One CTA = one (plan worker, KV head). It walks the worker's KV tiles (64 tokens each)
- * and, for the R = s_q * h_q / h_kv query rows of that KV head, computes the attention
- * transposed so that the KV length fills wgmma's M = 64 and the few query rows sit on N:
+ * One CTA = one (plan worker, KV head, row group). It walks the worker's KV tiles (64
+ * tokens each) and, for N of the R = s_q * h_q / h_kv query rows of that KV head (rows
+ * blockIdx.z * N .. + N - 1; R > 64 takes several row groups, each reading the tiles),
+ * computes the attention transposed so that the KV length fills wgmma's M = 64 and the
+ * few query rows sit on N:
  *
  *     S^T [64 tokens x N]  = K [64 x 576]  . Q^T [576 x N]        (wgmma m64nNk16, 36 steps)
  *     softmax along M (tokens), across the threads and warps of warpgroup 0
  *     O^T [512 x N]       += V^T [512 x 64] . P^T [64 x N]        (V^T = the same K tile,
  *                                                                   read MN-major; P^T as
  *                                                                   16-bit hi + lo halves)
- * N = R rounded up to 8: 16 heads give m64n16k16, never a padded m64n64k16.
+ * N = R (or R / row groups) rounded up to 16: 16 heads give m64n16k16, never a padded
+ * m64n64k16.
  *
  * Warp roles (384 threads, three warpgroups):
  *   WG0 (threads   0..127): S^T, the softmax, P^T and its 256 columns of O^T (dims 0..255)
@@ -181,19 +184,19 @@ __device__ __forceinline__ void seq_tiles(const worker_range &w, int seq, int le
 
 /* ---- the kernel ------------------------------------------------------------------------ */
 
-/* Q rows of (seq, this KV head) into the swizzled q tile with cp.async, by Q_COPY_THREADS
- * threads; padding rows (n >= R) are zero-filled. */
+/* Q rows r0 .. r0 + N - 1 of (seq, this KV head) into the swizzled q tile with cp.async,
+ * by Q_COPY_THREADS threads; padding rows (r0 + n >= R) are zero-filled. */
 template <int N>
 __device__ __forceinline__ void copy_q_rows(const decode_params &p, int seq, int kv_head,
-                                            uint8_t *q_tile, int qtid)
+                                            int r0, uint8_t *q_tile, int qtid)
 {
     const uint16_t *q_seq = (const uint16_t *)p.q + seq * p.q_stride_batch;
     for (int idx = qtid; idx < N * Q_CHUNKS_PER_ROW; idx += Q_COPY_THREADS) {
-        const int n = idx / Q_CHUNKS_PER_ROW, chunk = idx % Q_CHUNKS_PER_ROW;
-        const bool real = n < p.rows;
+        const int n = idx / Q_CHUNKS_PER_ROW, chunk = idx % Q_CHUNKS_PER_ROW, row = r0 + n;
+        const bool real = row < p.rows;
         const uint16_t *src = q_seq + chunk * 8;
         if (real)
-            src += (n / p.group) * p.q_stride_seq + (kv_head * p.group + n % p.group) * p.q_stride_head;
+            src += (row / p.group) * p.q_stride_seq + (kv_head * p.group + row % p.group) * p.q_stride_head;
         cp_async_16(q_tile + (chunk / 8) * N * SWIZZLE_ROW_BYTES + swizzled_offset(n, (chunk % 8) * 8),
                     src, real ? 16 : 0);
     }
@@ -208,7 +211,7 @@ template <int N>
 __device__ __forceinline__ void produce(const CUtensorMap &kv_map, const decode_params &p,
                                         const worker_range &wr, uint8_t *smem, const ring_bars &b)
 {
-    const int kv_head = blockIdx.y, ptid = threadIdx.x - CONSUMER_THREADS;
+    const int kv_head = blockIdx.y, r0 = blockIdx.z * N, ptid = threadIdx.x - CONSUMER_THREADS;
     if (ptid >= 32) {
         const int qtid = ptid - 32;
         uint8_t *q_tile = smem + smem_q_offset();
@@ -218,7 +221,7 @@ __device__ __forceinline__ void produce(const CUtensorMap &kv_map, const decode_
         bool early = true;
         for (int seq = wr.first_seq; seq <= wr.last_seq; seq++) {
             if (early)
-                copy_q_rows<N>(p, seq, kv_head, q_tile, qtid);
+                copy_q_rows<N>(p, seq, kv_head, r0, q_tile, qtid);
             int t0, t1;
             seq_tiles(wr, seq, p.seqlens[seq], p.max_len, &t0, &t1);
             if (t0 >= t1) {
@@ -231,7 +234,7 @@ __device__ __forceinline__ void produce(const CUtensorMap &kv_map, const decode_
             if (!early) {
                 if (qi > 0)
                     mbarrier_wait(b.q_empty, (qi - 1) & 1);
-                copy_q_rows<N>(p, seq, kv_head, q_tile, qtid);
+                copy_q_rows<N>(p, seq, kv_head, r0, q_tile, qtid);
             }
             early = false;
             cp_async_mbarrier_arrive_noinc(b.q_full);
@@ -277,7 +280,8 @@ __device__ __forceinline__ void produce(const CUtensorMap &kv_map, const decode_
     }
 }
 
-/* Writes this thread's O^T fragments, times the row's 1/l, straight from the registers:
+/* Writes this thread's O^T fragments (local rows n = query rows r0 + n), times the row's
+ * 1/l, straight from the registers:
  * for a fixed slot the 8 lanes with the same lane % 4 hold 8 consecutive dims of one row,
  * so each store instruction fills whole 16- or 32-byte segments. T is the output's 16-bit
  * type (final out, part_row0 < 0) or float (the split's partial rows from part_row0).
@@ -286,15 +290,15 @@ __device__ __forceinline__ void produce(const CUtensorMap &kv_map, const decode_
 template <typename T, int N, int FP16>
 __device__ __forceinline__ void store_o(const decode_params &p, int seq, int kv_head,
                                         int64_t part_row0, const float (&o)[M_BLOCKS_PER_WG][o_regs(N)],
-                                        const float *red, int dim0, int col_base)
+                                        const float *red, int r0, int dim0, int col_base)
 {
     constexpr int NH = N / 2; /* red: [2 warpgroups][4 warps][NH] partial row sums */
 #pragma unroll
     for (int c = 0; c < N / 4; c++) {
-        const int n = frag_col(c, col_base);
+        const int nl = frag_col(c, col_base), n = r0 + nl;
         if (n >= p.rows)
             continue; /* padding row */
-        const float *l4 = red + (n / NH) * 4 * NH + n % NH;
+        const float *l4 = red + (nl / NH) * 4 * NH + nl % NH;
         const float l = l4[0] + l4[NH] + l4[2 * NH] + l4[3 * NH];
         const float scale = l > 0.f ? 1.f / l : 0.f;
         T *row;
@@ -338,7 +342,7 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
     int *vis_end = (int *)(smem + smem_vis_offset(N));
     const int32_t *split_offset = p.plan + etap_plan_split_offset_offset(p.num_workers);
     const int32_t *first_worker = p.plan + etap_plan_first_worker_offset(p.batch, p.num_workers);
-    const int worker = blockIdx.x, kv_head = blockIdx.y;
+    const int worker = blockIdx.x, kv_head = blockIdx.y, r0 = blockIdx.z * N;
     const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
     const int ctid = tid; /* 0..255 across both consumer warpgroups */
     /* Fragment coordinates (wgmma D layout): this thread holds tokens/dims
@@ -378,7 +382,7 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
         }
         /* once per sequence: the division in visible_end stays off the tile loop */
         for (int n = ctid; n < N; n += CONSUMER_THREADS)
-            vis_end[n] = visible_end(p, len, n);
+            vis_end[n] = visible_end(p, len, r0 + n);
         named_barrier_sync(BAR_EXCHANGE, CONSUMER_THREADS); /* vis_end ready */
 #pragma unroll
         for (int mb = 0; mb < M_BLOCKS_PER_WG; mb++)
@@ -563,7 +567,7 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
         if (warp == 0 && lane < 4) {
 #pragma unroll
             for (int c = 0; c < SCOLS; c++) {
-                const int col = frag_col(c, col_base), n = col0 + col;
+                const int col = frag_col(c, col_base), n = r0 + col0 + col;
                 if (n >= p.rows)
                     continue;
                 const float l = red_wg[col] + red_wg[NH + col] + red_wg[2 * NH + col] + red_wg[3 * NH + col];
@@ -581,9 +585,9 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
         /* ---- O^T -> out (one split) or the split's fp32 partial, from the registers ---- */
         const int dim0 = wg * V_DIMS_PER_WG + row0;
         if (direct)
-            store_o<uint16_t, N, FP16>(p, seq, kv_head, -1, o, red, dim0, col_base);
+            store_o<uint16_t, N, FP16>(p, seq, kv_head, -1, o, red, r0, dim0, col_base);
         else
-            store_o<float, N, FP16>(p, seq, kv_head, part_row0, o, red, dim0, col_base);
+            store_o<float, N, FP16>(p, seq, kv_head, part_row0, o, red, r0, dim0, col_base);
         ETAP_TRACE_SPLIT(TRACE_EPILOGUE, ctid == 0);
         ETAP_TRACE_SPLIT_VALUE(TRACE_SEQS, ctid == 0, (unsigned long long)(seq - wr.first_seq + 1));
     }
@@ -663,7 +667,8 @@ cudaError_t etap_sm90_launch_decode(const decode_params &p, const CUtensorMap &k
 {
     cudaLaunchAttribute attr;
     cudaLaunchConfig_t config =
-        pdl_launch_config(dim3(p.num_workers, p.heads_kv), dim3(THREADS), 0, stream, &attr);
+        pdl_launch_config(dim3(p.num_workers, p.heads_kv, (p.rows + n_rows - 1) / n_rows),
+                          dim3(THREADS), 0, stream, &attr);
 #define LAUNCH(n, f)                                                                        \
     if (n_rows == n && fp16 == f) {                                                         \
         config.dynamicSmemBytes = smem_total(n);                                            \
