@@ -13,7 +13,8 @@
  *                                                                   read MN-major; P^T as
  *                                                                   16-bit hi + lo halves)
  * N = R (or R / row groups) rounded up to 16: 16 heads give m64n16k16, never a padded
- * m64n64k16.
+ * m64n64k16. At N = 64 the rows fill M themselves and the rows-on-M consumers run instead
+ * (consume_rows_on_m below: S = Q K^T, O = P V).
  *
  * Warp roles (384 threads, three warpgroups):
  *   WG0 (threads   0..127): S^T, the softmax, P^T and its 256 columns of O^T (dims 0..255)
@@ -593,12 +594,282 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
     }
 }
 
-template <int N, int FP16>
+/* ---- rows on M: the layout for 64 query rows ------------------------------------------
+ *
+ * With 64 rows per KV head (h_q = 64 on one KV head, or a 64-row group of 128 heads) the
+ * query rows fill wgmma's M themselves, and the transposed layout's small-N products
+ * (m64n32k16 for S^T, PV twice as m64n64k16) lose to the plain one:
+ *
+ *     S [64 rows x 64 tokens] = Q [64 x 576] . K^T      each warpgroup 32 tokens, m64n32k16
+ *     softmax along N (tokens): within a thread's quad, max exchanged between warpgroups
+ *     O [64 x 512]           += P [64 x 64] . V [64 x 512]   each warpgroup 256 dims,
+ *                                                      m64n256k16 with P_hi, then P_lo
+ *
+ * The producer, the ring, the Q tile ([9 column blocks][64 rows][128 B], K-major A here)
+ * and the plan walk are the transposed kernel's. Shared memory after the Q tile:
+ *   p_lo    [64 rows][64 tokens * 2 B]   P_lo (K-major A); P_hi goes to the tile's spent
+ *                                        RoPE block
+ *   red_max [2 warpgroups][64] f32       each warpgroup's tile maxima
+ *   red_sum [2 warpgroups][64] f32       each warpgroup's row sums (epilogue)
+ *   bars    as in the transposed map
+ */
+#define ROWM_N 64
+__host__ __device__ constexpr int rowm_p_lo_offset(void) { return smem_q_offset() + ROWM_N * 1152; }
+__host__ __device__ constexpr int rowm_red_offset(void) { return rowm_p_lo_offset() + ROWM_N * 128; }
+__host__ __device__ constexpr int rowm_bar_offset(void) { return rowm_red_offset() + 2 * 2 * ROWM_N * 4; }
+__host__ __device__ constexpr int rowm_smem_total(void) { return rowm_bar_offset() + 8 * (2 * KV_STAGES + 2); }
+static_assert(rowm_smem_total() <= 227 * 1024, "shared memory budget of the rows-on-M kernel");
+static_assert(rowm_p_lo_offset() % 1024 == 0, "p_lo must be 1024-aligned for the swizzle");
+
+/* Writes this thread's O fragments (rows row_a and row_a + 8 of the group, 2 x 64 dims of
+ * its warpgroup's 256), times 1/l: out (16-bit T) or the split's fp32 partial rows. */
+template <typename T, int FP16>
+__device__ __forceinline__ void store_o_rowm(const decode_params &p, int seq, int kv_head,
+                                             int64_t part_row0, const float (&o)[128],
+                                             const float (&inv_l)[2], int r0, int row_a,
+                                             int dim0)
+{
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int n = r0 + row_a + 8 * h;
+        if (n >= p.rows)
+            continue; /* padding row */
+        const float scale = inv_l[h];
+        if constexpr (sizeof(T) == 2) {
+            const int s_pos = n / p.group, head = kv_head * p.group + n % p.group;
+            uint32_t *row = (uint32_t *)((T *)p.out + seq * p.out_stride_batch +
+                                         s_pos * p.out_stride_seq + head * p.out_stride_head + dim0);
+#pragma unroll
+            for (int j = 0; j < 32; j++)
+                row[4 * j] = (uint32_t)to_half_bits<FP16>(o[4 * j + 2 * h] * scale) |
+                             ((uint32_t)to_half_bits<FP16>(o[4 * j + 2 * h + 1] * scale) << 16);
+        } else {
+            float2 *row = (float2 *)(p.partial_out + (part_row0 + n) * 512 + dim0);
+#pragma unroll
+            for (int j = 0; j < 32; j++)
+                row[4 * j] = make_float2(o[4 * j + 2 * h] * scale, o[4 * j + 2 * h + 1] * scale);
+        }
+    }
+}
+
+template <int FP16>
+__device__ __forceinline__ void consume_rows_on_m(const decode_params &p, const worker_range &wr,
+                                                  uint8_t *smem, const ring_bars &b)
+{
+    uint8_t *q_tile = smem + smem_q_offset();
+    uint8_t *p_lo_tile = smem + rowm_p_lo_offset();
+    float *red_max = (float *)(smem + rowm_red_offset());
+    float *red_sum = red_max + 2 * ROWM_N;
+    const int32_t *split_offset = p.plan + etap_plan_split_offset_offset(p.num_workers);
+    const int32_t *first_worker = p.plan + etap_plan_first_worker_offset(p.batch, p.num_workers);
+    const int worker = blockIdx.x, kv_head = blockIdx.y, r0 = blockIdx.z * ROWM_N;
+    const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
+    /* fragment coordinates: rows row_a and row_a + 8, columns 8j + col_base + {0,1} */
+    const int row_a = 16 * warp + lane / 4, col_base = 2 * (lane % 4);
+    const int tok_wg = 32 * wg; /* this warpgroup's 32 tokens of each tile (S columns) */
+
+    float o[128];
+    int it = 0, qi = 0;
+    for (int seq = wr.first_seq; seq <= wr.last_seq; seq++) {
+        const int len = p.seqlens[seq];
+        int t0, t1;
+        seq_tiles(wr, seq, len, p.max_len, &t0, &t1);
+        if (t0 >= t1)
+            continue;
+        const int n_splits = split_offset[seq + 1] - split_offset[seq];
+        const int split = split_offset[seq] + worker - first_worker[seq];
+        int vend[2];
+        float m_run[2], l_run[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            vend[h] = visible_end(p, len, r0 + row_a + 8 * h);
+            m_run[h] = -INFINITY;
+            l_run[h] = 0.f;
+        }
+#pragma unroll
+        for (int i = 0; i < 128; i++)
+            o[i] = 0.f;
+        mbarrier_wait(b.q_full, qi & 1);
+        fence_proxy_async_smem();
+        ETAP_TRACE_SPLIT(TRACE_Q_READY, tid == 0 && it == 0);
+
+        for (int t = t0; t < t1; t++, it++) {
+            const int s = it % KV_STAGES;
+            mbarrier_wait(&b.full[s], (it / KV_STAGES) & 1);
+            ETAP_TRACE_SPLIT(TRACE_TILE_FULL + 2 * it, tid == 0 && it < ETAP_TRACE_TILES);
+            uint8_t *stage = smem + s * KV_TILE_BYTES;
+            uint8_t *p_hi_tile = stage + ROPE_COL_BLOCK * COL_BLOCK_BYTES;
+            const uint32_t stage_addr = smem_addr(stage);
+
+            /* ---- S = Q K^T for this warpgroup's 32 tokens ---- */
+            float sacc[16];
+            const uint32_t q_addr = smem_addr(q_tile);
+            const uint32_t k_addr = stage_addr + tok_wg * SWIZZLE_ROW_BYTES;
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < QK_K_STEPS; kk++) {
+                const uint32_t q_off = (kk / 4) * ROWM_N * SWIZZLE_ROW_BYTES + (kk % 4) * 32;
+                const uint32_t k_off = (kk / 4) * COL_BLOCK_BYTES + (kk % 4) * 32;
+                wgmma_op<32, FP16, 0>::run(sacc, smem_desc_sw128(q_addr + q_off),
+                                           smem_desc_sw128(k_addr + k_off), kk > 0);
+            }
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_accumulators(sacc);
+            ETAP_TRACE_SPLIT(TRACE_T2_S, tid == 0 && it == 2);
+            if (t == t1 - 1)
+                mbarrier_arrive(b.q_empty);
+
+            /* ---- softmax along the tokens: the thread's 8 per row, its quad, then the
+             * other warpgroup's 32 through red_max ---- */
+            const int tok0 = t * KV_TILE_TOKENS + tok_wg + col_base;
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                float mx = -INFINITY;
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        const int i = 4 * j + 2 * h + e;
+                        const float x = tok0 + 8 * j + e < vend[h] ? sacc[i] * p.scale_log2 : -INFINITY;
+                        sacc[i] = x;
+                        mx = fmaxf(mx, x);
+                    }
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                if ((lane & 3) == 0)
+                    red_max[wg * ROWM_N + row_a + 8 * h] = mx;
+            }
+            named_barrier_sync(BAR_EXCHANGE, CONSUMER_THREADS); /* both maxima; S done */
+            float alpha[2];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int row = row_a + 8 * h;
+                const float m_new = fmaxf(m_run[h], fmaxf(red_max[row], red_max[ROWM_N + row]));
+                const float m_use = m_new == -INFINITY ? 0.f : m_new;
+                alpha[h] = fast_exp2(m_run[h] - m_use);
+                float sum = 0.f;
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        const int i = 4 * j + 2 * h + e;
+                        sacc[i] = fast_exp2(sacc[i] - m_use);
+                        sum += sacc[i];
+                    }
+                l_run[h] = l_run[h] * alpha[h] + sum;
+                m_run[h] = m_new;
+            }
+            ETAP_TRACE_SPLIT(TRACE_T2_SOFTMAX, tid == 0 && it == 2);
+            /* both warpgroups' PV of the previous tile is done with p_lo */
+            if (it > 0)
+                named_barrier_sync(BAR_P_EMPTY, CONSUMER_THREADS);
+            /* ---- P_hi (RoPE block of the tile) and P_lo, K-major A: row = query row ---- */
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    const int i = 4 * j + 2 * h;
+                    const float p0 = sacc[i], p1 = sacc[i + 1];
+                    const uint32_t off = swizzled_offset(row_a + 8 * h, tok_wg + 8 * j + col_base);
+                    *(uint32_t *)(p_hi_tile + off) =
+                        (uint32_t)to_half_bits<FP16>(p0) | ((uint32_t)to_half_bits<FP16>(p1) << 16);
+                    *(uint32_t *)(p_lo_tile + off) =
+                        (uint32_t)to_half_bits<FP16>(p0 - round_to_half<FP16>(p0)) |
+                        ((uint32_t)to_half_bits<FP16>(p1 - round_to_half<FP16>(p1)) << 16);
+                }
+            /* V rows past the sequence's end hold anything (NaN in the tests) */
+            const int valid = len - t * KV_TILE_TOKENS;
+            if (valid < KV_TILE_TOKENS) {
+                const int chunks = (KV_TILE_TOKENS - valid) * 8 * 8;
+                for (int idx = tid; idx < chunks; idx += CONSUMER_THREADS) {
+                    const int row = valid + idx / 64, cb = (idx % 64) / 8, ch = idx % 8;
+                    *(uint4 *)(stage + cb * COL_BLOCK_BYTES + row * SWIZZLE_ROW_BYTES + ch * 16) =
+                        make_uint4(0, 0, 0, 0);
+                }
+            }
+            fence_proxy_async_smem();
+            named_barrier_sync(BAR_P_FULL, CONSUMER_THREADS);
+            ETAP_TRACE_SPLIT(TRACE_T2_P_FULL, tid == 0 && it == 2);
+
+            /* ---- O += P V: this warpgroup's 256 dims ---- */
+#pragma unroll
+            for (int j = 0; j < 32; j++) {
+                o[4 * j] *= alpha[0];
+                o[4 * j + 1] *= alpha[0];
+                o[4 * j + 2] *= alpha[1];
+                o[4 * j + 3] *= alpha[1];
+            }
+            fence_accumulators(o);
+            const uint32_t v_addr = stage_addr + wg * M_BLOCKS_PER_WG * COL_BLOCK_BYTES;
+            const uint32_t p_hi_addr = smem_addr(p_hi_tile), p_lo_addr = smem_addr(p_lo_tile);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < PV_K_STEPS; kk++)
+                wgmma_op<256, FP16, 2>::run(o, smem_desc_sw128(p_hi_addr + kk * 32),
+                                            smem_desc_sw128_mn(v_addr + kk * 2048, COL_BLOCK_BYTES), 1);
+#pragma unroll
+            for (int kk = 0; kk < PV_K_STEPS; kk++)
+                wgmma_op<256, FP16, 2>::run(o, smem_desc_sw128(p_lo_addr + kk * 32),
+                                            smem_desc_sw128_mn(v_addr + kk * 2048, COL_BLOCK_BYTES), 1);
+            wgmma_commit();
+            ETAP_TRACE_SPLIT(TRACE_T2_PV_ISSUED, tid == 0 && it == 2);
+            wgmma_wait<0>();
+            fence_accumulators(o);
+            mbarrier_arrive(&b.empty[s]);
+            ETAP_TRACE_SPLIT(TRACE_TILE_DONE + 2 * it, tid == 0 && it < ETAP_TRACE_TILES);
+            ETAP_TRACE_SPLIT(TRACE_LAST_TILE, tid == 0);
+            ETAP_TRACE_SPLIT_VALUE(TRACE_TILES, tid == 0, (unsigned long long)(it + 1));
+        }
+        qi++;
+
+        /* ---- epilogue: row sums of both warpgroups, 1/l, lse, O ---- */
+        const bool direct = n_splits == 1;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            float l = l_run[h];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            if ((lane & 3) == 0)
+                red_sum[wg * ROWM_N + row_a + 8 * h] = l;
+        }
+        named_barrier_sync(BAR_EXCHANGE, CONSUMER_THREADS); /* both sums */
+        const int64_t part_row0 = ((int64_t)split * p.heads_kv + kv_head) * p.rows;
+        float inv_l[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int row = row_a + 8 * h, n = r0 + row;
+            const float l = red_sum[row] + red_sum[ROWM_N + row];
+            inv_l[h] = l > 0.f ? 1.f / l : 0.f;
+            if (wg == 0 && (lane & 3) == 0 && n < p.rows) {
+                const float lse = l > 0.f ? (m_run[h] + log2f(l)) * 0.6931471805599453f
+                                          : (direct ? INFINITY : -INFINITY);
+                if (direct) {
+                    const int s_pos = n / p.group, head = kv_head * p.group + n % p.group;
+                    p.lse[((int64_t)seq * p.heads_q + head) * p.seqlen_q + s_pos] = lse;
+                } else {
+                    p.partial_lse[part_row0 + n] = lse;
+                }
+            }
+        }
+        const int dim0 = wg * V_DIMS_PER_WG + col_base;
+        if (direct)
+            store_o_rowm<uint16_t, FP16>(p, seq, kv_head, -1, o, inv_l, r0, row_a, dim0);
+        else
+            store_o_rowm<float, FP16>(p, seq, kv_head, part_row0, o, inv_l, r0, row_a, dim0);
+        ETAP_TRACE_SPLIT(TRACE_EPILOGUE, tid == 0);
+        ETAP_TRACE_SPLIT_VALUE(TRACE_SEQS, tid == 0, (unsigned long long)(seq - wr.first_seq + 1));
+    }
+}
+
+/* ROWM = 1: the rows-on-M consumers (N = 64 only); 0: the transposed ones */
+template <int N, int FP16, int ROWM>
 __global__ void __launch_bounds__(THREADS, 1)
     etap_decode_sm90_kernel(const __grid_constant__ CUtensorMap kv_map, const decode_params p)
 {
+    static_assert(!ROWM || N == ROWM_N, "the rows-on-M kernel takes 64-row groups");
     extern __shared__ __align__(1024) uint8_t smem[];
-    uint64_t *bars = (uint64_t *)(smem + smem_bar_offset(N));
+    uint64_t *bars = (uint64_t *)(smem + (ROWM ? rowm_bar_offset() : smem_bar_offset(N)));
     const ring_bars b = {bars, bars + KV_STAGES, bars + 2 * KV_STAGES, bars + 2 * KV_STAGES + 1};
 
     const int tid = threadIdx.x;
@@ -637,7 +908,10 @@ __global__ void __launch_bounds__(THREADS, 1)
         produce<N>(kv_map, p, wr, smem, b);
     } else {
         setmaxnreg_inc<CONSUMER_REGS(N)>();
-        consume_kv_tiles<N, FP16>(p, wr, smem, b);
+        if constexpr (ROWM)
+            consume_rows_on_m<FP16>(p, wr, smem, b);
+        else
+            consume_kv_tiles<N, FP16>(p, wr, smem, b);
     }
     __syncthreads();
     ETAP_TRACE_SPLIT(TRACE_EXIT, tid == 0);
@@ -645,18 +919,20 @@ __global__ void __launch_bounds__(THREADS, 1)
 
 /* ---- launch ---------------------------------------------------------------------------- */
 
-/* Every (N, dtype) the backend instantiates: N = 16..64 in steps of ETAP_SM90_ROW_STEP (each
- * warpgroup takes N/2 rows, a multiple of 8 for wgmma), bf16 and fp16. */
+/* Every (N, dtype, layout) the backend instantiates: transposed for N = 16..48 in steps of
+ * ETAP_SM90_ROW_STEP (each warpgroup takes N/2 rows, a multiple of 8 for wgmma), rows on M
+ * for N = 64; bf16 and fp16. */
 #define ETAP_SM90_FOR_EACH_INSTANCE(X)                                                      \
-    X(16, 0) X(32, 0) X(48, 0) X(64, 0) X(16, 1) X(32, 1) X(48, 1) X(64, 1)
+    X(16, 0, 0) X(32, 0, 0) X(48, 0, 0) X(64, 0, 1) X(16, 1, 0) X(32, 1, 0) X(48, 1, 0) X(64, 1, 1)
 
 cudaError_t etap_sm90_set_attributes(void)
 {
     cudaError_t err = cudaSuccess;
-#define SET_ATTR(n, fp16)                                                                   \
+#define SET_ATTR(n, fp16, rowm)                                                             \
     if (err == cudaSuccess)                                                                 \
-        err = cudaFuncSetAttribute(etap_decode_sm90_kernel<n, fp16>,                        \
-                                   cudaFuncAttributeMaxDynamicSharedMemorySize, smem_total(n));
+        err = cudaFuncSetAttribute(etap_decode_sm90_kernel<n, fp16, rowm>,                  \
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize,             \
+                                   rowm ? rowm_smem_total() : smem_total(n));
     ETAP_SM90_FOR_EACH_INSTANCE(SET_ATTR)
 #undef SET_ATTR
     return err;
@@ -669,10 +945,10 @@ cudaError_t etap_sm90_launch_decode(const decode_params &p, const CUtensorMap &k
     cudaLaunchConfig_t config =
         pdl_launch_config(dim3(p.num_workers, p.heads_kv, (p.rows + n_rows - 1) / n_rows),
                           dim3(THREADS), 0, stream, &attr);
-#define LAUNCH(n, f)                                                                        \
+#define LAUNCH(n, f, rowm)                                                                  \
     if (n_rows == n && fp16 == f) {                                                         \
-        config.dynamicSmemBytes = smem_total(n);                                            \
-        return cudaLaunchKernelEx(&config, etap_decode_sm90_kernel<n, f>, kv_map, p);       \
+        config.dynamicSmemBytes = rowm ? rowm_smem_total() : smem_total(n);                 \
+        return cudaLaunchKernelEx(&config, etap_decode_sm90_kernel<n, f, rowm>, kv_map, p); \
     }
     ETAP_SM90_FOR_EACH_INSTANCE(LAUNCH)
 #undef LAUNCH

@@ -178,6 +178,16 @@ __device__ __forceinline__ uint64_t smem_desc_sw128(uint32_t smem_byte_addr)
            ((atom_stride >> 4) << 32) | (1ull << 62);
 }
 
+/* The same for an MN-major operand wider than one 64-element atom row: `lbo` bytes from
+ * each 64-element block of the MN dimension to the next (the rows-on-M kernel's V as B:
+ * 256 dims in four 8 KB column blocks of the tile). */
+__device__ __forceinline__ uint64_t smem_desc_sw128_mn(uint32_t smem_byte_addr, uint32_t lbo)
+{
+    const uint64_t atom_stride = 1024;
+    return (uint64_t)((smem_byte_addr & 0x3FFFF) >> 4) | ((uint64_t)((lbo >> 4) & 0x3FFF) << 16) |
+           ((atom_stride >> 4) << 32) | (1ull << 62);
+}
+
 /* ---- math ---------------------------------------------------------------------------- */
 
 /* 2^x with the special-function unit: 2^-inf = +0, which the softmax relies on. */
