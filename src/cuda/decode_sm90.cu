@@ -203,6 +203,35 @@ __device__ __forceinline__ void copy_q_rows(const decode_params &p, int seq, int
     }
 }
 
+/* Tokens past the end of the sequence in its last tile hold whatever the page holds (NaN
+ * in the tests): 0 * NaN = NaN in the PV product, so the V rows themselves (column blocks
+ * 0..7) are zeroed, not only their P entries. By the 256 consumer threads (ctid). */
+__device__ __forceinline__ void zero_v_tail(uint8_t *stage, int len, int t, int ctid)
+{
+    const int valid = len - t * KV_TILE_TOKENS;
+    if (valid >= KV_TILE_TOKENS)
+        return;
+    const int chunks = (KV_TILE_TOKENS - valid) * 8 * 8;
+    for (int idx = ctid; idx < chunks; idx += CONSUMER_THREADS) {
+        const int row = valid + idx / 64, cb = (idx % 64) / 8, ch = idx % 8;
+        *(uint4 *)(stage + cb * COL_BLOCK_BYTES + row * SWIZZLE_ROW_BYTES + ch * 16) = make_uint4(0, 0, 0, 0);
+    }
+}
+
+/* The lse of query row n (< R) from its max (log2 domain) and sum: into lse when the
+ * sequence has one split (direct), else into the split's partial row. */
+__device__ __forceinline__ void write_lse(const decode_params &p, int seq, int kv_head, int64_t part_row0,
+                                          int n, float m, float l, bool direct)
+{
+    const float lse = l > 0.f ? (m + log2f(l)) * 0.6931471805599453f : (direct ? INFINITY : -INFINITY);
+    if (direct) {
+        const int s_pos = n / p.group, head = kv_head * p.group + n % p.group;
+        p.lse[((int64_t)seq * p.heads_q + head) * p.seqlen_q + s_pos] = lse;
+    } else {
+        p.partial_lse[part_row0 + n] = lse;
+    }
+}
+
 /* The producer warpgroup. Warps 1..3 copy each sequence's Q rows of this KV head into the
  * swizzled q tile with cp.async (padding rows zero-filled) as soon as S^T is done with the
  * previous ones; lane 0 of warp 0 walks the KV tiles in the consumers' order and keeps
@@ -482,18 +511,7 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
                 if (warp == 0 && lane < 4)
                     alpha_smem[col] = alpha[c];
             }
-            /* Tokens past the end of the sequence in its last tile hold whatever the page
-             * holds (NaN in the tests): 0 * NaN = NaN in the PV product, so the V rows
-             * themselves are zeroed, not only their P entries. */
-            const int valid = len - t * KV_TILE_TOKENS;
-            if (valid < KV_TILE_TOKENS) {
-                const int chunks = (KV_TILE_TOKENS - valid) * 8 * 8;
-                for (int idx = ctid; idx < chunks; idx += CONSUMER_THREADS) {
-                    const int row = valid + idx / 64, cb = (idx % 64) / 8, ch = idx % 8;
-                    *(uint4 *)(stage + cb * COL_BLOCK_BYTES + row * SWIZZLE_ROW_BYTES + ch * 16) =
-                        make_uint4(0, 0, 0, 0);
-                }
-            }
+            zero_v_tail(stage, len, t, ctid);
             fence_proxy_async_smem();
             named_barrier_sync(BAR_P_FULL, CONSUMER_THREADS);
             ETAP_TRACE_SPLIT(TRACE_T2_P_FULL, ctid == 0 && it == 2);
@@ -572,14 +590,7 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
                 if (n >= p.rows)
                     continue;
                 const float l = red_wg[col] + red_wg[NH + col] + red_wg[2 * NH + col] + red_wg[3 * NH + col];
-                const float lse = l > 0.f ? (m_run[c] + log2f(l)) * 0.6931471805599453f
-                                          : (direct ? INFINITY : -INFINITY);
-                if (direct) {
-                    const int s_pos = n / p.group, head = kv_head * p.group + n % p.group;
-                    p.lse[((int64_t)seq * p.heads_q + head) * p.seqlen_q + s_pos] = lse;
-                } else {
-                    p.partial_lse[part_row0 + n] = lse;
-                }
+                write_lse(p, seq, kv_head, part_row0, n, m_run[c], l, direct);
             }
         }
 
@@ -778,16 +789,7 @@ __device__ __forceinline__ void consume_rows_on_m(const decode_params &p, const 
                         (uint32_t)to_half_bits<FP16>(p0 - round_to_half<FP16>(p0)) |
                         ((uint32_t)to_half_bits<FP16>(p1 - round_to_half<FP16>(p1)) << 16);
                 }
-            /* V rows past the sequence's end hold anything (NaN in the tests) */
-            const int valid = len - t * KV_TILE_TOKENS;
-            if (valid < KV_TILE_TOKENS) {
-                const int chunks = (KV_TILE_TOKENS - valid) * 8 * 8;
-                for (int idx = tid; idx < chunks; idx += CONSUMER_THREADS) {
-                    const int row = valid + idx / 64, cb = (idx % 64) / 8, ch = idx % 8;
-                    *(uint4 *)(stage + cb * COL_BLOCK_BYTES + row * SWIZZLE_ROW_BYTES + ch * 16) =
-                        make_uint4(0, 0, 0, 0);
-                }
-            }
+            zero_v_tail(stage, len, t, tid);
             fence_proxy_async_smem();
             named_barrier_sync(BAR_P_FULL, CONSUMER_THREADS);
             ETAP_TRACE_SPLIT(TRACE_T2_P_FULL, tid == 0 && it == 2);
@@ -841,16 +843,8 @@ __device__ __forceinline__ void consume_rows_on_m(const decode_params &p, const 
             const int row = row_a + 8 * h, n = r0 + row;
             const float l = red_sum[row] + red_sum[ROWM_N + row];
             inv_l[h] = l > 0.f ? 1.f / l : 0.f;
-            if (wg == 0 && (lane & 3) == 0 && n < p.rows) {
-                const float lse = l > 0.f ? (m_run[h] + log2f(l)) * 0.6931471805599453f
-                                          : (direct ? INFINITY : -INFINITY);
-                if (direct) {
-                    const int s_pos = n / p.group, head = kv_head * p.group + n % p.group;
-                    p.lse[((int64_t)seq * p.heads_q + head) * p.seqlen_q + s_pos] = lse;
-                } else {
-                    p.partial_lse[part_row0 + n] = lse;
-                }
-            }
+            if (wg == 0 && (lane & 3) == 0 && n < p.rows)
+                write_lse(p, seq, kv_head, part_row0, n, m_run[h], l, direct);
         }
         const int dim0 = wg * V_DIMS_PER_WG + col_base;
         if (direct)
