@@ -562,9 +562,7 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
             for (int mb = 0; mb < M_BLOCKS_PER_WG; mb++)
                 fence_accumulators(o[mb]);
             mbarrier_arrive(&b.empty[s]);
-            ETAP_TRACE_SPLIT(TRACE_TILE_DONE + 2 * it, ctid == 0 && it < ETAP_TRACE_TILES);
-            ETAP_TRACE_SPLIT(TRACE_LAST_TILE, ctid == 0);
-            ETAP_TRACE_SPLIT_VALUE(TRACE_TILES, ctid == 0, (unsigned long long)(it + 1));
+            ETAP_TRACE_TILE_DONE(it, ctid == 0);
         }
         qi++;
 
@@ -819,9 +817,7 @@ __device__ __forceinline__ void consume_rows_on_m(const decode_params &p, const 
             wgmma_wait<0>();
             fence_accumulators(o);
             mbarrier_arrive(&b.empty[s]);
-            ETAP_TRACE_SPLIT(TRACE_TILE_DONE + 2 * it, tid == 0 && it < ETAP_TRACE_TILES);
-            ETAP_TRACE_SPLIT(TRACE_LAST_TILE, tid == 0);
-            ETAP_TRACE_SPLIT_VALUE(TRACE_TILES, tid == 0, (unsigned long long)(it + 1));
+            ETAP_TRACE_TILE_DONE(it, tid == 0);
         }
         qi++;
 

@@ -29,6 +29,13 @@ __device__ __forceinline__ unsigned long long trace_now(void)
         if ((cond) && blockIdx.y == 0 && blockIdx.z == 0 && blockIdx.x < ETAP_TRACE_CTAS)                      \
             etap_trace_split[blockIdx.x][(slot)] = (v);                                     \
     } while (0)
+/* a tile's PV is done: its own slot, the last tile's, and the tile count */
+#define ETAP_TRACE_TILE_DONE(it, first_thread)                                              \
+    do {                                                                                    \
+        ETAP_TRACE_SPLIT(TRACE_TILE_DONE + 2 * (it), (first_thread) && (it) < ETAP_TRACE_TILES); \
+        ETAP_TRACE_SPLIT(TRACE_LAST_TILE, (first_thread));                                  \
+        ETAP_TRACE_SPLIT_VALUE(TRACE_TILES, (first_thread), (unsigned long long)((it) + 1)); \
+    } while (0)
 #define ETAP_TRACE_COMBINE(slot)                                                            \
     do {                                                                                    \
         const unsigned cta = blockIdx.y * gridDim.x + blockIdx.x;                           \
@@ -39,4 +46,5 @@ __device__ __forceinline__ unsigned long long trace_now(void)
 #define ETAP_TRACE_SPLIT(slot, cond) ((void)0)
 #define ETAP_TRACE_SPLIT_VALUE(slot, cond, v) ((void)0)
 #define ETAP_TRACE_COMBINE(slot) ((void)0)
+#define ETAP_TRACE_TILE_DONE(it, first_thread) ((void)0)
 #endif
