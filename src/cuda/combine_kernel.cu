@@ -3,10 +3,10 @@
  *
  * Two kernels, chosen by etap_launch_combine():
  * - etap_combine_kernel, for few sequences with many splits each (num_workers > 16 b):
- *   one 512-thread CTA per (sequence, KV head, query row): at b = 1 the rows of one sequence
- *   are reduced by R CTAs in parallel, and inside a CTA the splits are spread over 4 thread
- *   groups with several loads in flight each (a dependent walk over 129 splits cost ~30 us
- *   at b = 1).
+ *   one 512-thread CTA per (sequence, KV head, query row, 128 of the 512 dims): at b = 1
+ *   4R CTAs share the rows of one sequence, and inside a CTA the splits are spread over 16
+ *   warps with 9 loads in flight each (a dependent walk over 129 splits cost ~30 us at
+ *   b = 1, 4 x 4 loads in flight per row ~10 us).
  * - etap_combine_warp_kernel, for more sequences with fewer splits each (num_workers <= 16 b,
  *   so at most ~17 splits per sequence on average, as splits <= b + num_workers): one warp
  *   per row, 128-thread CTAs, shuffle reductions and no CTA barrier (the block kernel's
@@ -18,6 +18,9 @@
  * out = 0, lse = +inf; a row whose splits all saw no visible key gets the same.
  * If the plan was built from invalid lengths, or a length exceeds what the block table
  * holds (the split kernel skips such a sequence), the outputs are NaN (etap.h: etap_plan).
+ * Both kernels read the plan words and the length of their row before griddepcontrol.wait
+ * (combine_row_info_of says why that is safe), so after the split kernel ends only the
+ * partials are waited for.
  */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -40,12 +43,17 @@ extern "C" __attribute__((visibility("default"))) int etap_debug_combine_trace_c
 }
 #endif
 
-/* 4 groups of 128 threads; a thread owns 4 of the 512 dims; group g merges the splits
- * k = g, g + 4, ... with UNROLL independent loads in flight, then the groups add up. */
-#define COMBINE_GROUPS 4
-#define COMBINE_THREADS (COMBINE_GROUPS * 128)
-#define COMBINE_UNROLL 4
-#define COMBINE_MAX_SPLITS 2048 /* per sequence: at most num_workers + 1, checked on the host */
+/* One CTA per (row, 128-dim chunk): 16 warps, warp g merges the splits k = g, g + 16, ...
+ * with UNROLL loads in flight, lane l owning the chunk's dims 4l .. 4l + 3; then the warps
+ * add up. At b = 1 a row has up to ~130 splits: 4
+ * CTAs per row and 144 splits' loads in flight per CTA (the previous one CTA per row of 4 x 128 threads walked 8 dependent rounds
+ * of loads: 10 us of combine at b = 1 16K). */
+#define COMBINE_GROUPS 16
+#define COMBINE_THREADS (COMBINE_GROUPS * 32)
+#define COMBINE_CHUNK_DIMS 128
+#define COMBINE_CHUNKS (512 / COMBINE_CHUNK_DIMS)
+#define COMBINE_UNROLL 9 /* 144 splits per round: one round up to 143 workers */
+#define COMBINE_MAX_SPLITS 2048 /* per sequence: at most num_workers + 1 <= SMs + 1 */
 
 template <int FP16> __device__ __forceinline__ uint2 pack4(float a, float b, float c, float d);
 template <> __device__ __forceinline__ uint2 pack4<0>(float a, float b, float c, float d)
@@ -76,116 +84,132 @@ __device__ __forceinline__ float block_reduce(float v, float *scratch, bool is_m
     return v;
 }
 
-template <int FP16>
-__device__ __forceinline__ void combine_row(const decode_params &p, int seq, int kv_head, int r,
-                                            int first, int n, bool bad_plan, float *weight,
-                                            float4 (*group_acc)[128], float *scratch);
+/* What a combine row needs from the plan and the lengths. These were written before the
+ * split kernel passed its own griddepcontrol.wait (by the plan kernel or the caller), and
+ * this grid starts only after every split CTA has passed it, so they are read before this
+ * grid's wait (through L2: ld.global.cg), off the path after the split kernel ends. */
+struct combine_row_info {
+    int seq, kv_head, r, first, n;
+    bool bad_plan;
+};
+__device__ __forceinline__ combine_row_info combine_row_info_of(const decode_params &p, int seq_kv, int r)
+{
+    combine_row_info c;
+    c.seq = seq_kv / p.heads_kv;
+    c.kv_head = seq_kv - c.seq * p.heads_kv;
+    c.r = r;
+    const int32_t *split_offset = p.plan + etap_plan_split_offset_offset(p.num_workers);
+    const int len = __ldcg(p.seqlens + c.seq);
+    c.bad_plan = __ldcg(p.plan + ETAP_PLAN_H_STATUS) != ETAP_PLAN_OK || len < 0 || len > p.max_len;
+    c.first = __ldcg(split_offset + c.seq);
+    c.n = __ldcg(split_offset + c.seq + 1) - c.first;
+    return c;
+}
 
-/* Grid (b * h_kv, ceil(R / rows_per_cta)): few sequences get one CTA per row (parallel over
- * rows), many get one per (sequence, KV head): most of those have a single split and
- * exit at once, and launching b * h_kv * R CTAs to exit cost ~18 us at b = 128. */
+/* The final out of a row (J groups of 4 dims: dim, dim + 128, ...) and, if lse_too, its
+ * lse: bad plan -> NaN, no weight -> 0 and +inf, else acc / wsum and lse_max + log(wsum). */
+template <int FP16, int J>
+__device__ __forceinline__ void write_row(const decode_params &p, const combine_row_info &c, int dim,
+                                          const float4 (&acc)[J], float lse_max, float wsum, bool lse_too)
+{
+    const int s_pos = c.r / p.group, head = c.kv_head * p.group + c.r % p.group;
+    /* out = acc * mul + add: NaN for a bad plan, 0 without weight (acc is 0 then) */
+    const bool good = !c.bad_plan && wsum > 0.f;
+    const float mul = good ? 1.f / wsum : 0.f, add = c.bad_plan ? NAN : 0.f;
+    uint16_t *dst = (uint16_t *)p.out + c.seq * p.out_stride_batch + s_pos * p.out_stride_seq +
+                    head * p.out_stride_head + dim;
+#pragma unroll
+    for (int j = 0; j < J; j++)
+        *(uint2 *)(dst + 128 * j) = pack4<FP16>(acc[j].x * mul + add, acc[j].y * mul + add,
+                                                 acc[j].z * mul + add, acc[j].w * mul + add);
+    if (lse_too)
+        p.lse[((int64_t)c.seq * p.heads_q + head) * p.seqlen_q + s_pos] =
+            c.bad_plan ? NAN : good ? lse_max + logf(wsum) : INFINITY;
+}
+
+/* Grid (b * h_kv * R, COMBINE_CHUNKS). */
 template <int FP16>
-__global__ void __launch_bounds__(COMBINE_THREADS)
-    etap_combine_kernel(const decode_params p, int rows_per_cta)
+__global__ void __launch_bounds__(COMBINE_THREADS, 1)
+    etap_combine_kernel(const decode_params p)
 {
     __shared__ float weight[COMBINE_MAX_SPLITS];
-    __shared__ float4 group_acc[COMBINE_GROUPS - 1][128];
+    __shared__ float4 group_acc[COMBINE_GROUPS - 1][32];
     __shared__ float scratch[COMBINE_THREADS / 32];
     ETAP_TRACE_COMBINE(TRACE_COMBINE_ENTRY);
-    /* launched early (programmatic dependent launch): the split kernel's partials, its
-     * direct outputs and the plan are only read after this */
+    const int seq_kv = (int)(blockIdx.x / (unsigned)p.rows);
+    const combine_row_info c = combine_row_info_of(p, seq_kv, (int)(blockIdx.x - (unsigned)seq_kv * p.rows));
+    /* launched early (programmatic dependent launch): the split kernel's partials and its
+     * direct outputs are only read after this */
     grid_dependency_wait();
     ETAP_TRACE_COMBINE(TRACE_COMBINE_DEP_WAIT);
     grid_dependents_launch(); /* the next decode call's split kernel may start launching */
-    const int seq = blockIdx.x / p.heads_kv, kv_head = blockIdx.x % p.heads_kv;
-    const int32_t *split_offset = p.plan + etap_plan_split_offset_offset(p.num_workers);
-    const int len = p.seqlens[seq];
-    const bool bad_plan = p.plan[ETAP_PLAN_H_STATUS] != ETAP_PLAN_OK || len < 0 || len > p.max_len;
-    const int first = split_offset[seq], n = split_offset[seq + 1] - first;
-    if (n == 1 && !bad_plan) {
+    if (c.n == 1 && !c.bad_plan) {
         ETAP_TRACE_COMBINE(TRACE_COMBINE_EXIT);
-        return;
+        return; /* the split kernel wrote this row */
     }
-    const int r_end = min(p.rows, (int)(blockIdx.y + 1) * rows_per_cta);
-    for (int r = blockIdx.y * rows_per_cta; r < r_end; r++)
-        combine_row<FP16>(p, seq, kv_head, r, first, n, bad_plan, weight, group_acc, scratch);
-    ETAP_TRACE_COMBINE(TRACE_COMBINE_EXIT);
-}
-
-/* One query row: merges its n partials (or writes 0 / +inf, or NaN for a bad plan). */
-template <int FP16>
-__device__ __forceinline__ void combine_row(const decode_params &p, int seq, int kv_head, int r,
-                                            int first, int n, bool bad_plan, float *weight,
-                                            float4 (*group_acc)[128], float *scratch)
-{
-    const int tid = threadIdx.x, group = tid / 128, dim4 = tid % 128;
-    const int s_pos = r / p.group, head = kv_head * p.group + r % p.group;
+    const int tid = threadIdx.x, group = tid / 32, lane = tid % 32;
+    const int dim = blockIdx.y * COMBINE_CHUNK_DIMS + lane * 4;
     const int64_t row_stride = (int64_t)p.heads_kv * p.rows; /* between splits */
-    const int64_t row0 = ((int64_t)first * p.heads_kv + kv_head) * p.rows + r;
+    const int64_t row0 = ((int64_t)c.first * p.heads_kv + c.kv_head) * p.rows + c.r;
+    const float *base = p.partial_out + row0 * 512 + dim;
+    const int m = c.bad_plan ? 0 : c.n; /* splits to read: none for a bad plan */
 
+    /* the first round of partial rows goes out before the lse are reduced */
+    float4 v[COMBINE_UNROLL] = {};
+#pragma unroll
+    for (int u = 0; u < COMBINE_UNROLL; u++) {
+        const int k = group + u * COMBINE_GROUPS;
+        if (k < m)
+            v[u] = *(const float4 *)(base + k * row_stride * 512);
+    }
     /* lse of every split, its max, the weights exp(lse_k - max) and their sum */
     float local_max = -INFINITY;
-    for (int k = tid; k < n; k += COMBINE_THREADS) {
+    for (int k = tid; k < m; k += COMBINE_THREADS) {
         weight[k] = p.partial_lse[row0 + k * row_stride];
         local_max = fmaxf(local_max, weight[k]);
     }
     const float lse_max = block_reduce(local_max, scratch, true);
     float local_sum = 0.f;
-    for (int k = tid; k < n; k += COMBINE_THREADS) {
+    for (int k = tid; k < m; k += COMBINE_THREADS) {
         weight[k] = lse_max == -INFINITY ? 0.f : __expf(weight[k] - lse_max);
         local_sum += weight[k];
     }
     const float wsum = block_reduce(local_sum, scratch, false); /* also orders weight[] */
 
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (!bad_plan && wsum > 0.f) {
-        const float *base = p.partial_out + row0 * 512 + dim4 * 4;
-        int k = group;
-        for (; k + (COMBINE_UNROLL - 1) * COMBINE_GROUPS < n; k += COMBINE_UNROLL * COMBINE_GROUPS) {
-            float4 v[COMBINE_UNROLL];
-#pragma unroll
-            for (int u = 0; u < COMBINE_UNROLL; u++)
-                v[u] = *(const float4 *)(base + (k + u * COMBINE_GROUPS) * row_stride * 512);
+    if (wsum > 0.f) {
+        for (int k0 = 0;;) {
 #pragma unroll
             for (int u = 0; u < COMBINE_UNROLL; u++) {
-                const float w = weight[k + u * COMBINE_GROUPS];
-                acc.x += w * v[u].x, acc.y += w * v[u].y, acc.z += w * v[u].z, acc.w += w * v[u].w;
+                const int k = k0 + group + u * COMBINE_GROUPS;
+                if (k < m) {
+                    const float w = weight[k];
+                    acc.x += w * v[u].x, acc.y += w * v[u].y, acc.z += w * v[u].z, acc.w += w * v[u].w;
+                }
             }
-        }
-        for (; k < n; k += COMBINE_GROUPS) {
-            const float4 v = *(const float4 *)(base + k * row_stride * 512);
-            const float w = weight[k];
-            acc.x += w * v.x, acc.y += w * v.y, acc.z += w * v.z, acc.w += w * v.w;
+            k0 += COMBINE_UNROLL * COMBINE_GROUPS;
+            if (k0 >= m)
+                break;
+#pragma unroll
+            for (int u = 0; u < COMBINE_UNROLL; u++) {
+                const int k = k0 + group + u * COMBINE_GROUPS;
+                if (k < m)
+                    v[u] = *(const float4 *)(base + k * row_stride * 512);
+            }
         }
     }
     if (group > 0)
-        group_acc[group - 1][dim4] = acc;
+        group_acc[group - 1][lane] = acc;
     __syncthreads();
     if (group == 0) {
         for (int g = 0; g < COMBINE_GROUPS - 1; g++) {
-            const float4 v = group_acc[g][dim4];
-            acc.x += v.x, acc.y += v.y, acc.z += v.z, acc.w += v.w;
+            const float4 o = group_acc[g][lane];
+            acc.x += o.x, acc.y += o.y, acc.z += o.z, acc.w += o.w;
         }
-        float lse;
-        if (bad_plan) {
-            acc = make_float4(NAN, NAN, NAN, NAN);
-            lse = NAN;
-        } else if (!(wsum > 0.f)) {
-            lse = INFINITY; /* no visible key (or no split): out = 0 */
-        } else {
-            const float inv = 1.f / wsum;
-            acc.x *= inv, acc.y *= inv, acc.z *= inv, acc.w *= inv;
-            lse = lse_max + logf(wsum);
-        }
-        uint16_t *dst = (uint16_t *)p.out + seq * p.out_stride_batch +
-                        s_pos * p.out_stride_seq + head * p.out_stride_head;
-        *(uint2 *)(dst + dim4 * 4) = pack4<FP16>(acc.x, acc.y, acc.z, acc.w);
-        if (dim4 == 0)
-            p.lse[((int64_t)seq * p.heads_q + head) * p.seqlen_q + s_pos] = lse;
+        const float4 out4[1] = {acc};
+        write_row<FP16, 1>(p, c, dim, out4, lse_max, wsum, blockIdx.y == 0 && lane == 0);
     }
-    /* one barrier site for every thread (synccheck): group_acc and weight[] are rewritten
-     * by the next row */
-    __syncthreads();
+    ETAP_TRACE_COMBINE(TRACE_COMBINE_EXIT);
 }
 
 /* ---- warp per row: many sequences with few splits each ---------------------------------
@@ -233,27 +257,14 @@ __device__ __forceinline__ void warp_load_splits(float4 (*v)[4], const float *sr
 /* Every branch that a shuffle depends on is warp-uniform (n, bad_plan, lse_max, wsum, k), so
  * the full-mask shuffles are reached by all 32 lanes. */
 template <int FP16, int UNROLL>
-__device__ __forceinline__ void combine_row_warp(const decode_params &p, int64_t idx)
+__device__ __forceinline__ void combine_row_warp(const decode_params &p, const combine_row_info &c)
 {
     const int lane = threadIdx.x % 32;
-    /* 32-bit division where the index fits (always in practice: 64-bit division is a long
-     * subroutine on the way to the first load); b * h_kv fits in int */
-    const int seq_kv =
-        idx <= INT32_MAX ? (int)((uint32_t)idx / (uint32_t)p.rows) : (int)(idx / p.rows);
-    const int r = (int)(idx - (int64_t)seq_kv * p.rows);
-    const int seq = seq_kv / p.heads_kv, kv_head = seq_kv - seq * p.heads_kv;
-    const int32_t *split_offset = p.plan + etap_plan_split_offset_offset(p.num_workers);
-    const int len = p.seqlens[seq];
-    const bool bad_plan = p.plan[ETAP_PLAN_H_STATUS] != ETAP_PLAN_OK || len < 0 || len > p.max_len;
-    const int first = split_offset[seq], n = split_offset[seq + 1] - first;
-    if (n == 1 && !bad_plan)
-        return; /* the split kernel wrote this row */
-    const int s_pos = r / p.group, head = kv_head * p.group + r % p.group;
     const int64_t row_stride = (int64_t)p.heads_kv * p.rows; /* between splits */
-    const int64_t row0 = ((int64_t)first * p.heads_kv + kv_head) * p.rows + r;
+    const int64_t row0 = ((int64_t)c.first * p.heads_kv + c.kv_head) * p.rows + c.r;
     const float *lse_in = p.partial_lse + row0;
     const float *out_in = p.partial_out + row0 * 512 + lane * 4;
-    const int m = bad_plan ? 0 : n; /* splits to read: none for a bad plan */
+    const int m = c.bad_plan ? 0 : c.n; /* splits to read: none for a bad plan */
 
     float4 v[UNROLL][4]; /* splits k .. k + UNROLL - 1 */
     warp_load_splits<UNROLL>(v, out_in, row_stride * 512, 0, m);
@@ -274,21 +285,13 @@ __device__ __forceinline__ void combine_row_warp(const decode_params &p, int64_t
 #pragma unroll
     for (int j = 0; j < 4; j++)
         acc[j] = make_float4(0.f, 0.f, 0.f, 0.f);
-    float lse;
-    if (bad_plan) {
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-            acc[j] = make_float4(NAN, NAN, NAN, NAN);
-        lse = NAN;
-    } else if (!(wsum > 0.f)) {
-        lse = INFINITY; /* no visible key (or no split): out = 0 */
-    } else {
+    if (wsum > 0.f) {
         float w = w0; /* weight of split (k & ~31) + lane */
         for (int k = 0;;) {
 #pragma unroll
             for (int u = 0; u < UNROLL; u++) {
                 const float wu = __shfl_sync(0xffffffffu, w, (k + u) % 32);
-                if (k + u < n) {
+                if (k + u < m) {
 #pragma unroll
                     for (int j = 0; j < 4; j++) {
                         acc[j].x += wu * v[u][j].x, acc[j].y += wu * v[u][j].y;
@@ -297,25 +300,14 @@ __device__ __forceinline__ void combine_row_warp(const decode_params &p, int64_t
                 }
             }
             k += UNROLL;
-            if (k >= n)
+            if (k >= m)
                 break;
-            warp_load_splits<UNROLL>(v, out_in, row_stride * 512, k, n);
+            warp_load_splits<UNROLL>(v, out_in, row_stride * 512, k, m);
             if (k % 32 == 0) /* next chunk of 32 splits (n > 32) */
-                w = k + lane < n ? __expf(lse_in[(k + lane) * row_stride] - lse_max) : 0.f;
+                w = k + lane < m ? __expf(lse_in[(k + lane) * row_stride] - lse_max) : 0.f;
         }
-        const float inv = 1.f / wsum;
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-            acc[j].x *= inv, acc[j].y *= inv, acc[j].z *= inv, acc[j].w *= inv;
-        lse = lse_max + logf(wsum);
     }
-    uint16_t *dst = (uint16_t *)p.out + seq * p.out_stride_batch + s_pos * p.out_stride_seq +
-                    head * p.out_stride_head + lane * 4;
-#pragma unroll
-    for (int j = 0; j < 4; j++)
-        *(uint2 *)(dst + 128 * j) = pack4<FP16>(acc[j].x, acc[j].y, acc[j].z, acc[j].w);
-    if (lane == 0)
-        p.lse[((int64_t)seq * p.heads_q + head) * p.seqlen_q + s_pos] = lse;
+    write_row<FP16, 4>(p, c, lane * 4, acc, lse_max, wsum, lane == 0);
 }
 
 /* 1-D grid of ceil(b * h_kv * R / 4) CTAs; a warp past the end does nothing. */
@@ -324,17 +316,26 @@ __global__ void __launch_bounds__(COMBINE_WARP_ROWS * 32)
     etap_combine_warp_kernel(const decode_params p)
 {
     ETAP_TRACE_COMBINE(TRACE_COMBINE_ENTRY);
+    const int64_t idx = (int64_t)blockIdx.x * COMBINE_WARP_ROWS + threadIdx.x / 32;
+    const bool live = idx < (int64_t)p.batch * p.heads_kv * p.rows;
+    /* 32-bit division where the index fits (always in practice: 64-bit division is a long
+     * subroutine on the way to the first load); b * h_kv fits in int */
+    const int seq_kv = !live ? 0
+                       : idx <= INT32_MAX ? (int)((uint32_t)idx / (uint32_t)p.rows)
+                                          : (int)(idx / p.rows);
+    combine_row_info c = {};
+    if (live)
+        c = combine_row_info_of(p, seq_kv, (int)(idx - (int64_t)seq_kv * p.rows));
     /* launched early (programmatic dependent launch): see etap_combine_kernel */
     grid_dependency_wait();
     ETAP_TRACE_COMBINE(TRACE_COMBINE_DEP_WAIT);
     grid_dependents_launch();
-    const int64_t idx = (int64_t)blockIdx.x * COMBINE_WARP_ROWS + threadIdx.x / 32;
-    if (idx < (int64_t)p.batch * p.heads_kv * p.rows)
-        combine_row_warp<FP16, UNROLL>(p, idx);
+    if (live && !(c.n == 1 && !c.bad_plan)) /* else the split kernel wrote this row */
+        combine_row_warp<FP16, UNROLL>(p, c);
     ETAP_TRACE_COMBINE(TRACE_COMBINE_EXIT); /* thread 0 gets here on every path */
 }
 
-cudaError_t etap_launch_combine(const decode_params &p, int fp16, int num_sms, cudaStream_t stream)
+cudaError_t etap_launch_combine(const decode_params &p, int fp16, cudaStream_t stream)
 {
     cudaLaunchAttribute attr;
     if (p.num_workers <= COMBINE_WARP_RATIO * p.batch) {
@@ -349,11 +350,10 @@ cudaError_t etap_launch_combine(const decode_params &p, int fp16, int num_sms, c
         return fp16 ? cudaLaunchKernelEx(&config, etap_combine_warp_kernel<1, 4>, p)
                     : cudaLaunchKernelEx(&config, etap_combine_warp_kernel<0, 4>, p);
     }
-    /* enough (sequence, KV head) CTAs to fill the GPU twice: one CTA each; else one per row */
-    const int rows_per_cta = p.batch * p.heads_kv >= 2 * num_sms ? p.rows : 1;
+    /* few sequences (b <= 8 with 132 workers): one CTA per (row, 128-dim chunk) */
     const cudaLaunchConfig_t config =
-        pdl_launch_config(dim3(p.batch * p.heads_kv, (p.rows + rows_per_cta - 1) / rows_per_cta),
+        pdl_launch_config(dim3((unsigned)((int64_t)p.batch * p.heads_kv * p.rows), COMBINE_CHUNKS),
                           dim3(COMBINE_THREADS), 0, stream, &attr);
-    return fp16 ? cudaLaunchKernelEx(&config, etap_combine_kernel<1>, p, rows_per_cta)
-                : cudaLaunchKernelEx(&config, etap_combine_kernel<0>, p, rows_per_cta);
+    return fp16 ? cudaLaunchKernelEx(&config, etap_combine_kernel<1>, p)
+                : cudaLaunchKernelEx(&config, etap_combine_kernel<0>, p);
 }

@@ -277,7 +277,7 @@ extern "C" etap_status etap_cuda_decode(const struct etap_handle_s *h, const eta
     CUDA_TRY(enter_device(h, &scope), "cudaSetDevice");
     cudaError_t err = etap_sm90_launch_decode(p, map, n_rows, fp16, (cudaStream_t)stream);
     if (err == cudaSuccess)
-        err = etap_launch_combine(p, fp16, h->num_sms, (cudaStream_t)stream);
+        err = etap_launch_combine(p, fp16, (cudaStream_t)stream);
     leave_device(&scope);
     CUDA_TRY(err, "launching the decode kernels");
     return ETAP_OK;

@@ -53,7 +53,7 @@ static inline cudaLaunchConfig_t pdl_launch_config(dim3 grid, dim3 block, size_t
 /* Query rows per CTA on the GPU: N, R rounded up to a multiple of ETAP_SM90_ROW_STEP (each
  * consumer warpgroup computes S^T for N/2 of them, and wgmma's N is a multiple of 8). A KV
  * head with more than ETAP_SM90_MAX_ROWS rows is split into equal row groups, one CTA each
- * (grid z). */
+ * (grid x = workers x groups, the group fastest). */
 #define ETAP_SM90_MAX_ROWS 64
 #define ETAP_SM90_ROW_STEP 16
 
@@ -63,7 +63,7 @@ cudaError_t etap_sm90_set_attributes(void);
 cudaError_t etap_sm90_launch_decode(const decode_params &p, const CUtensorMap &kv_map, int n_rows,
                                     int fp16, cudaStream_t stream);
 /* combine_kernel.cu */
-cudaError_t etap_launch_combine(const decode_params &p, int fp16, int num_sms, cudaStream_t stream);
+cudaError_t etap_launch_combine(const decode_params &p, int fp16, cudaStream_t stream);
 /* plan_kernel.cu */
 cudaError_t etap_launch_plan(const int32_t *seqlens, int32_t *plan, int32_t batch,
                              int32_t num_workers, int32_t max_len, cudaStream_t stream);

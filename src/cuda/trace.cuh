@@ -2,8 +2,9 @@
  * trace.cuh - an opt-in CTA timeline for performance work (cmake -DETAP_TRACE=ON).
  *
  * In a normal build every ETAP_TRACE_* macro is empty. With ETAP_TRACE, the split kernel's
- * CTAs of KV head 0 and row group 0 (workers < ETAP_TRACE_CTAS) and every combine CTA write %globaltimer
- * stamps into device arrays, read back with etap_debug_trace_copy() /
+ * first ETAP_TRACE_CTAS CTAs of KV head 0 (grid x: workers x row groups, the group
+ * fastest; the worker itself when there is one group) and every combine CTA write
+ * %globaltimer stamps into device arrays, read back with etap_debug_trace_copy() /
  * etap_debug_combine_trace_copy() (exported from a trace build only; `etap-bench --trace`
  * prints them); the last call wins. ../trace_slots.h names the slots.
  */
@@ -21,12 +22,12 @@ __device__ __forceinline__ unsigned long long trace_now(void)
 }
 #define ETAP_TRACE_SPLIT(slot, cond)                                                        \
     do {                                                                                    \
-        if ((cond) && blockIdx.y == 0 && blockIdx.z == 0 && blockIdx.x < ETAP_TRACE_CTAS)                      \
+        if ((cond) && blockIdx.y == 0 && blockIdx.x < ETAP_TRACE_CTAS)                  \
             etap_trace_split[blockIdx.x][(slot)] = trace_now();                             \
     } while (0)
 #define ETAP_TRACE_SPLIT_VALUE(slot, cond, v)                                               \
     do {                                                                                    \
-        if ((cond) && blockIdx.y == 0 && blockIdx.z == 0 && blockIdx.x < ETAP_TRACE_CTAS)                      \
+        if ((cond) && blockIdx.y == 0 && blockIdx.x < ETAP_TRACE_CTAS)                  \
             etap_trace_split[blockIdx.x][(slot)] = (v);                                     \
     } while (0)
 /* a tile's PV is done: its own slot, the last tile's, and the tile count */
