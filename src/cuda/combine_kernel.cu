@@ -11,7 +11,7 @@
  *   so at most ~17 splits per sequence on average, as splits <= b + num_workers): one warp
  *   per row, 128-thread CTAs, shuffle reductions and no CTA barrier (the block kernel's
  *   waves of 512-thread CTAs, each a chain of loads and barriers, took ~8 us at b = 64),
- *   4 or 8 splits' loads in flight.
+ *   4 or 10 splits' loads in flight.
  * For a row with splits k = 0..n-1 (partial out O_k already normalised by its own sum,
  * partial lse L_k = log sum_k exp):   L = log sum_k exp(L_k),  out = sum_k exp(L_k - L) O_k.
  * Sequences with one split were finished by the split kernel; sequences with none get
@@ -45,9 +45,9 @@ extern "C" __attribute__((visibility("default"))) int etap_debug_combine_trace_c
 
 /* One CTA per (row, 128-dim chunk): 16 warps, warp g merges the splits k = g, g + 16, ...
  * with UNROLL loads in flight, lane l owning the chunk's dims 4l .. 4l + 3; then the warps
- * add up. At b = 1 a row has up to ~130 splits: 4
- * CTAs per row and 144 splits' loads in flight per CTA (the previous one CTA per row of 4 x 128 threads walked 8 dependent rounds
- * of loads: 10 us of combine at b = 1 16K). */
+ * add up. At b = 1 a row has up to ~130 splits: 4 CTAs per row and 144 splits' loads in
+ * flight per CTA (the previous one CTA per row of 4 x 128 threads walked 8 dependent
+ * rounds of loads: 10 us of combine at b = 1 16K). */
 #define COMBINE_GROUPS 16
 #define COMBINE_THREADS (COMBINE_GROUPS * 32)
 #define COMBINE_CHUNK_DIMS 128
@@ -220,12 +220,13 @@ __global__ void __launch_bounds__(COMBINE_THREADS, 1)
  * ...); max and sum are shuffle reductions, and the splits are merged UNROLL at a time with
  * their weights broadcast from the lane that computed them. */
 #define COMBINE_WARP_ROWS 4   /* warps (rows) per CTA */
-/* The warp kernel runs when num_workers <= 16 x batch; with UNROLL = 8 splits' loads in
- * flight when num_workers >= 4 x batch (5 or more splits per sequence on average: one
- * round of loads fewer, b = 16 / 32 at 4K 0.5-0.9 us faster), else 4 (b >= 64: fewer
- * registers, more warps resident; 8 was 1 us slower at b = 128). */
+/* The warp kernel runs when num_workers <= 16 x batch; with UNROLL = 10 splits' loads in
+ * flight when num_workers >= 4 x batch (5 or more splits per sequence on average: b = 16
+ * has 9-10, so one round of loads; 8 took two there, 0.6-0.7 us slower at b = 16 4K /
+ * 16K, and 4 another 0.5-0.9 us), else 4 (b >= 64: fewer registers, more warps resident;
+ * 8 was 1 us slower at b = 128). */
 #define COMBINE_WARP_RATIO 16
-#define COMBINE_WARP_RATIO_UNROLL8 4
+#define COMBINE_WARP_RATIO_UNROLL10 4
 
 __device__ __forceinline__ float warp_max(float v)
 {
@@ -344,9 +345,9 @@ cudaError_t etap_launch_combine(const decode_params &p, int fp16, cudaStream_t s
         const cudaLaunchConfig_t config =
             pdl_launch_config(dim3((unsigned)((warps + COMBINE_WARP_ROWS - 1) / COMBINE_WARP_ROWS)),
                               dim3(COMBINE_WARP_ROWS * 32), 0, stream, &attr);
-        if (p.num_workers >= COMBINE_WARP_RATIO_UNROLL8 * p.batch)
-            return fp16 ? cudaLaunchKernelEx(&config, etap_combine_warp_kernel<1, 8>, p)
-                        : cudaLaunchKernelEx(&config, etap_combine_warp_kernel<0, 8>, p);
+        if (p.num_workers >= COMBINE_WARP_RATIO_UNROLL10 * p.batch)
+            return fp16 ? cudaLaunchKernelEx(&config, etap_combine_warp_kernel<1, 10>, p)
+                        : cudaLaunchKernelEx(&config, etap_combine_warp_kernel<0, 10>, p);
         return fp16 ? cudaLaunchKernelEx(&config, etap_combine_warp_kernel<1, 4>, p)
                     : cudaLaunchKernelEx(&config, etap_combine_warp_kernel<0, 4>, p);
     }
