@@ -195,6 +195,29 @@ __device__ __forceinline__ int cta_group(const decode_params &p)
     return blockIdx.x % (gridDim.x / p.num_workers);
 }
 
+/* This worker's piece of sequence seq: its tiles [t0, t1) (false when it has none), the
+ * length, and where the result goes: out itself when the sequence has one split (direct),
+ * else the split's partial rows from part_row0. */
+struct seq_piece {
+    int len, t0, t1;
+    bool direct;
+    int64_t part_row0;
+};
+__device__ __forceinline__ bool piece_of(const decode_params &p, const worker_range &wr, int seq,
+                                         int worker, int kv_head, seq_piece *pc)
+{
+    pc->len = p.seqlens[seq];
+    seq_tiles(wr, seq, pc->len, p.max_len, &pc->t0, &pc->t1);
+    if (pc->t0 >= pc->t1)
+        return false;
+    const int32_t *split_offset = p.plan + etap_plan_split_offset_offset(p.num_workers);
+    const int32_t *first_worker = p.plan + etap_plan_first_worker_offset(p.batch, p.num_workers);
+    pc->direct = split_offset[seq + 1] - split_offset[seq] == 1;
+    const int split = split_offset[seq] + worker - first_worker[seq];
+    pc->part_row0 = ((int64_t)split * p.heads_kv + kv_head) * p.rows;
+    return true;
+}
+
 /* ---- the kernel ------------------------------------------------------------------------ */
 
 /* Q rows r0 .. r0 + N - 1 of (seq, this KV head) into the swizzled q tile with cp.async,
@@ -382,8 +405,6 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
     float *red = (float *)(smem + smem_red_offset(N));
     float *alpha_smem = (float *)(smem + smem_alpha_offset(N));
     int *vis_end = (int *)(smem + smem_vis_offset(N));
-    const int32_t *split_offset = p.plan + etap_plan_split_offset_offset(p.num_workers);
-    const int32_t *first_worker = p.plan + etap_plan_first_worker_offset(p.batch, p.num_workers);
     const int worker = cta_worker(p), kv_head = blockIdx.y, r0 = cta_group(p) * N;
     const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
     const int ctid = tid; /* 0..255 across both consumer warpgroups */
@@ -405,13 +426,10 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
     float o[M_BLOCKS_PER_WG][o_regs(N)];
     int it = 0, qi = 0;
     for (int seq = wr.first_seq; seq <= wr.last_seq; seq++) {
-        const int len = p.seqlens[seq];
-        int t0, t1;
-        seq_tiles(wr, seq, len, p.max_len, &t0, &t1);
-        if (t0 >= t1)
+        seq_piece pc;
+        if (!piece_of(p, wr, seq, worker, kv_head, &pc))
             continue;
-        const int n_splits = split_offset[seq + 1] - split_offset[seq];
-        const int split = split_offset[seq] + worker - first_worker[seq];
+        const int len = pc.len, t0 = pc.t0, t1 = pc.t1;
 
         /* per column: running max (log2 domain) and sum; P enters the PV product as hi + lo
          * 16-bit halves, equal to p within ~2^-17, so one exact sum normalises out and
@@ -579,7 +597,7 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
         qi++;
 
         /* ---- epilogue: row sums across warps, 1/l, lse (each warpgroup its rows) ---- */
-        const bool direct = n_splits == 1;
+        const bool direct = pc.direct;
 #pragma unroll
         for (int c = 0; c < SCOLS; c++) {
             float l = l_run[c];
@@ -592,7 +610,7 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
         ETAP_TRACE_SPLIT(TRACE_SUMS, ctid == 0);
         /* lse by the threads that own the row's running max; 1/l by every thread for its
          * own columns (store_o), so no further barrier */
-        const int64_t part_row0 = ((int64_t)split * p.heads_kv + kv_head) * p.rows;
+        const int64_t part_row0 = pc.part_row0;
         if (warp == 0 && lane < 4) {
 #pragma unroll
             for (int c = 0; c < SCOLS; c++) {
@@ -681,8 +699,6 @@ __device__ __forceinline__ void consume_rows_on_m(const decode_params &p, const 
     uint8_t *p_lo_tile = smem + rowm_p_lo_offset();
     float *red_max = (float *)(smem + rowm_red_offset());
     float *red_sum = red_max + 2 * ROWM_N;
-    const int32_t *split_offset = p.plan + etap_plan_split_offset_offset(p.num_workers);
-    const int32_t *first_worker = p.plan + etap_plan_first_worker_offset(p.batch, p.num_workers);
     const int worker = cta_worker(p), kv_head = blockIdx.y, r0 = cta_group(p) * ROWM_N;
     const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
     /* fragment coordinates: rows row_a and row_a + 8, columns 8j + col_base + {0,1} */
@@ -692,13 +708,10 @@ __device__ __forceinline__ void consume_rows_on_m(const decode_params &p, const 
     float o[128];
     int it = 0, qi = 0;
     for (int seq = wr.first_seq; seq <= wr.last_seq; seq++) {
-        const int len = p.seqlens[seq];
-        int t0, t1;
-        seq_tiles(wr, seq, len, p.max_len, &t0, &t1);
-        if (t0 >= t1)
+        seq_piece pc;
+        if (!piece_of(p, wr, seq, worker, kv_head, &pc))
             continue;
-        const int n_splits = split_offset[seq + 1] - split_offset[seq];
-        const int split = split_offset[seq] + worker - first_worker[seq];
+        const int len = pc.len, t0 = pc.t0, t1 = pc.t1;
         int vend[2];
         float m_run[2], l_run[2];
 #pragma unroll
@@ -834,7 +847,7 @@ __device__ __forceinline__ void consume_rows_on_m(const decode_params &p, const 
         qi++;
 
         /* ---- epilogue: row sums of both warpgroups, 1/l, lse, O ---- */
-        const bool direct = n_splits == 1;
+        const bool direct = pc.direct;
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             float l = l_run[h];
@@ -844,7 +857,7 @@ __device__ __forceinline__ void consume_rows_on_m(const decode_params &p, const 
                 red_sum[wg * ROWM_N + row_a + 8 * h] = l;
         }
         named_barrier_sync(BAR_EXCHANGE, CONSUMER_THREADS); /* both sums */
-        const int64_t part_row0 = ((int64_t)split * p.heads_kv + kv_head) * p.rows;
+        const int64_t part_row0 = pc.part_row0;
         float inv_l[2];
 #pragma unroll
         for (int h = 0; h < 2; h++) {
