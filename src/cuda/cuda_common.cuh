@@ -58,7 +58,6 @@ static inline cudaLaunchConfig_t pdl_launch_config(dim3 grid, dim3 block, size_t
 #define ETAP_SM90_ROW_STEP 16
 
 /* decode_sm90.cu */
-int etap_sm90_smem_bytes(int n_rows);
 cudaError_t etap_sm90_set_attributes(void);
 cudaError_t etap_sm90_launch_decode(const decode_params &p, const CUtensorMap &kv_map, int n_rows,
                                     int fp16, cudaStream_t stream);

@@ -93,6 +93,8 @@ struct ring_bars {
  * keeps O_hi, O_lo in separate accumulators, added in the epilogue); above, the registers
  * for 2N columns are not there and P_lo takes the spent RoPE block of the tile instead. */
 __host__ __device__ constexpr bool stacked_p(int n) { return n <= 32; }
+/* N <= 16: the two warpgroups split S^T by key dims, not by query rows (s_transposed) */
+__host__ __device__ constexpr bool split_k_s(int n) { return n <= 16; }
 /* fp32 accumulators per thread for one m64 block of O^T: N/2, or N with the stacked P */
 __host__ __device__ constexpr int o_regs(int n) { return stacked_p(n) ? n : n / 2; }
 __host__ __device__ constexpr int smem_q_offset(void) { return KV_STAGES * KV_TILE_BYTES; }
@@ -103,13 +105,16 @@ __host__ __device__ constexpr int smem_red_offset(int n)
 }
 __host__ __device__ constexpr int smem_alpha_offset(int n) { return smem_red_offset(n) + 16 * n; }
 __host__ __device__ constexpr int smem_vis_offset(int n) { return smem_alpha_offset(n) + 4 * n; }
-__host__ __device__ constexpr int smem_bar_offset(int n) { return smem_vis_offset(n) + 4 * n; }
+/* S^T halves on their way to the other warpgroup (s_transposed, split_k_s):
+ * [2 warpgroups][128 threads][n/4] floats */
+__host__ __device__ constexpr int smem_x_offset(int n) { return smem_vis_offset(n) + 4 * n; }
+__host__ __device__ constexpr int smem_bar_offset(int n) { return smem_x_offset(n) + (split_k_s(n) ? 256 * n : 0); }
 __host__ __device__ constexpr int smem_total(int n) { return smem_bar_offset(n) + 8 * (2 * KV_STAGES + 2); }
 
-static_assert(smem_total(ETAP_SM90_MAX_ROWS) <= 227 * 1024, "shared memory budget at N = 64");
+static_assert(smem_total(ETAP_SM90_MAX_ROWS - ETAP_SM90_ROW_STEP) <= 227 * 1024,
+              "shared memory budget of the largest transposed N (48)");
 static_assert(smem_q_offset() % 1024 == 0, "q tile must be 1024-aligned for the swizzle");
-
-int etap_sm90_smem_bytes(int n_rows) { return smem_total(n_rows); }
+static_assert(smem_x_offset(16) % 16 == 0, "the S^T exchange is read as float4");
 
 #ifdef ETAP_TRACE
 /* src/trace_slots.h names the slots */
@@ -324,6 +329,9 @@ __device__ __forceinline__ void produce(const CUtensorMap &kv_map, const decode_
     if (ptid != 0)
         return;
     const int last_page = p.max_len / p.page_size - 1; /* the block table row's last entry */
+    /* The cache is read once per call: its lines go first, so the plan, the block table,
+     * the lengths, Q and the partials stay in L2 from one call to the next. */
+    const uint64_t policy = l2_policy_evict_first();
     int it = 0;
     for (int seq = wr.first_seq; seq <= wr.last_seq; seq++) {
         const int32_t *pages = p.block_table + (int64_t)seq * p.block_table_stride;
@@ -353,7 +361,7 @@ __device__ __forceinline__ void produce(const CUtensorMap &kv_map, const decode_
 #pragma unroll
             for (int c = 0; c < QK_COL_BLOCKS; c++)
                 tma_load_4d(stage + c * COL_BLOCK_BYTES, &kv_map, &b.full[s], c * 64, kv_head,
-                            in_page, page);
+                            in_page, page, policy);
             ETAP_TRACE_SPLIT(TRACE_PROD_ISSUED + 2 * it, it < ETAP_TRACE_PRODUCER_TILES);
         }
     }
@@ -407,6 +415,71 @@ __device__ __forceinline__ void store_o(const decode_params &p, int seq, int kv_
     }
 }
 
+/* S^T = K Q^T of one KV tile for warpgroup wg's NH = N/2 query rows (columns wg * NH ..),
+ * into sacc in wgmma's fragment layout (m64nNH). With split_k_s(N) each warpgroup takes
+ * half of the 576 key dims for all N rows, so the K tile is read from shared memory once
+ * rather than once per warpgroup (those reads bound this step: at N = 16 S^T took 0.73 us
+ * of a 1.86 us tile, 0.59 of 1.66 split), and the halves are summed through x_buf: column block j (8 rows) is 4
+ * registers from 4j; thread i of one warpgroup trades with thread i of the other. The
+ * other warpgroup reads x_buf before it passes the consumers' next barrier, which this
+ * one passes before its next tile's writes. Larger N keep their own rows: N/2 more live
+ * accumulators next to O would spill. */
+template <int N, int FP16>
+__device__ __forceinline__ void s_transposed(float (&sacc)[N / 4], uint32_t stage_addr, uint32_t q_addr,
+                                             int wg, int wtid, float *x_buf)
+{
+    constexpr int NH = N / 2;
+    if constexpr (split_k_s(N)) {
+        float sfull[N / 2];
+        wgmma_fence();
+#pragma unroll
+        for (int k = 0; k < QK_K_STEPS / 2; k++) {
+            const int kk = wg * (QK_K_STEPS / 2) + k;
+            const uint32_t k_off = (kk / 4) * COL_BLOCK_BYTES + (kk % 4) * 32;
+            const uint32_t q_off = (kk / 4) * N * SWIZZLE_ROW_BYTES + (kk % 4) * 32;
+            wgmma_op<N, FP16, 0>::run(sfull, smem_desc_sw128(stage_addr + k_off),
+                                      smem_desc_sw128(q_addr + q_off), k > 0);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_accumulators(sfull);
+        float4 *x_out = (float4 *)x_buf + (wg * 128 + wtid) * (NH / 8);
+        const float4 *x_in = (const float4 *)x_buf + ((1 - wg) * 128 + wtid) * (NH / 8);
+        /* selects, not an index by wg (that would put sfull in local memory) */
+#pragma unroll
+        for (int i = 0; i < NH / 2; i++)
+            sacc[i] = wg ? sfull[i] : sfull[NH / 2 + i]; /* to give */
+#pragma unroll
+        for (int j = 0; j < NH / 8; j++)
+            x_out[j] = make_float4(sacc[4 * j], sacc[4 * j + 1], sacc[4 * j + 2], sacc[4 * j + 3]);
+#pragma unroll
+        for (int i = 0; i < NH / 2; i++)
+            sacc[i] = wg ? sfull[NH / 2 + i] : sfull[i]; /* to keep */
+        named_barrier_sync(BAR_EXCHANGE, CONSUMER_THREADS); /* halves in x_buf */
+#pragma unroll
+        for (int j = 0; j < NH / 8; j++) {
+            const float4 v = x_in[j];
+            sacc[4 * j] += v.x;
+            sacc[4 * j + 1] += v.y;
+            sacc[4 * j + 2] += v.z;
+            sacc[4 * j + 3] += v.w;
+        }
+    } else {
+        const uint32_t q_own = q_addr + wg * NH * SWIZZLE_ROW_BYTES;
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < QK_K_STEPS; kk++) {
+            const uint32_t k_off = (kk / 4) * COL_BLOCK_BYTES + (kk % 4) * 32;
+            const uint32_t q_off = (kk / 4) * N * SWIZZLE_ROW_BYTES + (kk % 4) * 32;
+            wgmma_op<NH, FP16, 0>::run(sacc, smem_desc_sw128(stage_addr + k_off),
+                                       smem_desc_sw128(q_own + q_off), kk > 0);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_accumulators(sacc);
+    }
+}
+
 /* The two consumer warpgroups (threads 0..255). Each computes S^T and the softmax for its
  * half of the N query rows (N/2 columns), writes that half of P^T, and then O^T of all N
  * rows for its 256 of the 512 dims; the epilogue of each (sequence, split) follows. */
@@ -419,6 +492,7 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
     float *red = (float *)(smem + smem_red_offset(N));
     float *alpha_smem = (float *)(smem + smem_alpha_offset(N));
     int *vis_end = (int *)(smem + smem_vis_offset(N));
+    float *x_buf = (float *)(smem + smem_x_offset(N));
     const int worker = cta_worker(p), kv_head = blockIdx.y, r0 = cta_group(p) * N;
     const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
     const int ctid = tid; /* 0..255 across both consumer warpgroups */
@@ -479,21 +553,10 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
 
             /* ---- S^T = K Q^T for this warpgroup's NH query rows ---- */
             float sacc[NH / 2];
-            const uint32_t q_addr = smem_addr(q_tile) + col0 * SWIZZLE_ROW_BYTES;
-            wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < QK_K_STEPS; kk++) {
-                const uint32_t k_off = (kk / 4) * COL_BLOCK_BYTES + (kk % 4) * 32;
-                const uint32_t q_off = (kk / 4) * N * SWIZZLE_ROW_BYTES + (kk % 4) * 32;
-                wgmma_op<NH, FP16, 0>::run(sacc, smem_desc_sw128(stage_addr + k_off),
-                                           smem_desc_sw128(q_addr + q_off), kk > 0);
-            }
-            wgmma_commit();
-            wgmma_wait<0>();
-            fence_accumulators(sacc);
-            ETAP_TRACE_SPLIT(TRACE_T2_S, ctid == 0 && it == 2);
+            s_transposed<N, FP16>(sacc, stage_addr, smem_addr(q_tile), wg, tid % 128, x_buf);
             if (t == t1 - 1)
                 mbarrier_arrive(b.q_empty); /* the producer may load the next Q */
+            ETAP_TRACE_SPLIT(TRACE_T2_S, ctid == 0 && it == 2);
 
             /* ---- online softmax along M: tokens live in lanes (lane/4), in the two row
              * halves of each thread, and in the warpgroup's 4 warps ---- */

@@ -78,14 +78,24 @@ __device__ __forceinline__ void tma_prefetch_descriptor(const void *tmap)
 {
     asm volatile("prefetch.tensormap [%0];" ::"l"((uint64_t)tmap) : "memory");
 }
+/* An L2 eviction policy (PTX: createpolicy) under which the lines an access brings in
+ * are the first to go: for data read once, so that it does not push out what is reused. */
+__device__ __forceinline__ uint64_t l2_policy_evict_first(void)
+{
+    uint64_t policy;
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+    return policy;
+}
 /* Loads the box at coordinates (c0 innermost .. c3) of a 4-D tensor map into shared
- * memory; completion is signalled on `bar` as transaction bytes. */
+ * memory under the L2 policy `policy`; completion is signalled on `bar` as transaction
+ * bytes. */
 __device__ __forceinline__ void tma_load_4d(void *dst, const void *tmap, uint64_t *bar, int32_t c0,
-                                            int32_t c1, int32_t c2, int32_t c3)
+                                            int32_t c1, int32_t c2, int32_t c3, uint64_t policy)
 {
     asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
-                 " [%0], [%1, {%3, %4, %5, %6}], [%2];" ::"r"(smem_addr(dst)),
-                 "l"((uint64_t)tmap), "r"(smem_addr(bar)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+                 ".L2::cache_hint [%0], [%1, {%3, %4, %5, %6}], [%2], %7;" ::"r"(smem_addr(dst)),
+                 "l"((uint64_t)tmap), "r"(smem_addr(bar)), "r"(c0), "r"(c1), "r"(c2), "r"(c3),
+                 "l"(policy)
                  : "memory");
 }
 
