@@ -194,23 +194,25 @@ static etap_status check_supported(const etap_mla_args *a)
     return ETAP_OK;
 }
 
-/* The paged cache as a 4-D tensor [num_pages][page_size][h_kv][576] for the copy engine;
- * one box = 64 columns x 1 head x 64 tokens x 1 page = one 128B-swizzled 8 KB block.
+/* The paged cache for the copy engine as a 5-D tensor {64 columns, page_size tokens, 9
+ * column blocks, h_kv, num_pages} (innermost first; the column block's stride, 128 bytes,
+ * is the smallest): one box = 64 x 64 x 9 = one 72 KB tile, which lands in shared memory as
+ * [9 column blocks][64 tokens][128 B], each block 128B-swizzled, in one copy.
  * No L2 promotion: a box row is 128 bytes of a 1152-byte token row, and promoting it to
  * 256 bytes cost 9% at large batches (b = 128, 16K: 591 -> 551 us without, docs/perf.md). */
 static etap_status make_kv_map(const cuda_handle_data *data, const etap_mla_args *a, CUtensorMap *map)
 {
     const etap_mla_shape *s = &a->shape;
     const int64_t head_stride = s->num_heads_kv > 1 ? a->kv_stride_head : ETAP_HEAD_DIM_QK;
-    cuuint64_t dims[4] = {ETAP_HEAD_DIM_QK, (cuuint64_t)s->num_heads_kv, (cuuint64_t)s->page_size,
-                          (cuuint64_t)s->num_pages};
-    cuuint64_t strides[3] = {(cuuint64_t)head_stride * 2, (cuuint64_t)a->kv_stride_token * 2,
+    cuuint64_t dims[5] = {64, (cuuint64_t)s->page_size, ETAP_HEAD_DIM_QK / 64,
+                          (cuuint64_t)s->num_heads_kv, (cuuint64_t)s->num_pages};
+    cuuint64_t strides[4] = {(cuuint64_t)a->kv_stride_token * 2, 128, (cuuint64_t)head_stride * 2,
                              (cuuint64_t)a->kv_stride_page * 2};
-    cuuint32_t box[4] = {64, 1, 64, 1};
-    cuuint32_t elem_strides[4] = {1, 1, 1, 1};
+    cuuint32_t box[5] = {64, 64, ETAP_HEAD_DIM_QK / 64, 1, 1};
+    cuuint32_t elem_strides[5] = {1, 1, 1, 1, 1};
     CUresult r = data->encode_tiled(
         map, s->dtype == ETAP_DTYPE_FP16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-        4, (void *)a->kv_cache, dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+        5, (void *)a->kv_cache, dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
         CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (r != CUDA_SUCCESS)

@@ -42,7 +42,7 @@
 #define SWIZZLE_ROW_BYTES 128                              /* 64 bf16: one 128B-swizzle row */
 #define QK_COL_BLOCKS 9                                    /* 576 / 64 columns */
 #define ROPE_COL_BLOCK 8                                   /* columns 512..575: K only */
-#define COL_BLOCK_BYTES (KV_TILE_TOKENS * SWIZZLE_ROW_BYTES) /* 8 KB: one copy box */
+#define COL_BLOCK_BYTES (KV_TILE_TOKENS * SWIZZLE_ROW_BYTES) /* 8 KB: one column block */
 #define KV_TILE_BYTES (QK_COL_BLOCKS * COL_BLOCK_BYTES)    /* 72 KB */
 #define KV_STAGES 2
 #define V_DIMS_PER_WG 256
@@ -240,21 +240,35 @@ __device__ __forceinline__ bool piece_of(const decode_params &p, const worker_ra
 /* ---- the kernel ------------------------------------------------------------------------ */
 
 /* Q rows r0 .. r0 + N - 1 of (seq, this KV head) into the swizzled q tile with cp.async,
- * by Q_COPY_THREADS threads; padding rows (r0 + n >= R) are zero-filled. */
-template <int N>
-__device__ __forceinline__ void copy_q_rows(const decode_params &p, int seq, int kv_head,
-                                            int r0, uint8_t *q_tile, int qtid)
+ * by Q_COPY_THREADS threads; padding rows (r0 + n >= R) are zero-filled. ONE_POS: s_q = 1,
+ * so row r is head kv_head * group + r (no division by group on the way to the first
+ * tile). */
+template <int N, bool ONE_POS>
+__device__ __forceinline__ void copy_q_rows_as(const decode_params &p, int seq, int kv_head,
+                                               int r0, uint8_t *q_tile, int qtid)
 {
     const uint16_t *q_seq = (const uint16_t *)p.q + seq * p.q_stride_batch;
     for (int idx = qtid; idx < N * Q_CHUNKS_PER_ROW; idx += Q_COPY_THREADS) {
         const int n = idx / Q_CHUNKS_PER_ROW, chunk = idx % Q_CHUNKS_PER_ROW, row = r0 + n;
         const bool real = row < p.rows;
         const uint16_t *src = q_seq + chunk * 8;
-        if (real)
-            src += (row / p.group) * p.q_stride_seq + (kv_head * p.group + row % p.group) * p.q_stride_head;
+        if (real) {
+            const int s_pos = ONE_POS ? 0 : row / p.group, h = ONE_POS ? row : row % p.group;
+            src += s_pos * p.q_stride_seq + (kv_head * p.group + h) * p.q_stride_head;
+        }
         cp_async_16(q_tile + (chunk / 8) * N * SWIZZLE_ROW_BYTES + swizzled_offset(n, (chunk % 8) * 8),
                     src, real ? 16 : 0);
     }
+}
+template <int N>
+__device__ __forceinline__ void copy_q_rows(const decode_params &p, int seq, int kv_head,
+                                            int r0, uint8_t *q_tile, int qtid)
+{
+    /* (not at N = 64: both copies in the rows-on-M kernel's 40-register producer spill) */
+    if (N < 64 && p.seqlen_q == 1)
+        copy_q_rows_as<N, true>(p, seq, kv_head, r0, q_tile, qtid);
+    else
+        copy_q_rows_as<N, false>(p, seq, kv_head, r0, q_tile, qtid);
 }
 
 /* Tokens past the end of the sequence in its last tile hold whatever the page holds (NaN
@@ -328,7 +342,11 @@ __device__ __forceinline__ void produce(const CUtensorMap &kv_map, const decode_
     }
     if (ptid != 0)
         return;
-    const int last_page = p.max_len / p.page_size - 1; /* the block table row's last entry */
+    /* Pages in 32-bit unsigned math (64-bit division is a long subroutine on the way to the
+     * first copy): a page holds tpp tiles (page_size is a multiple of 64); last_page is the
+     * block table row's last entry. */
+    const uint32_t tpp = (uint32_t)p.page_size / KV_TILE_TOKENS;
+    const int last_page = (int)((uint32_t)p.max_len / (uint32_t)p.page_size) - 1;
     /* The cache is read once per call: its lines go first, so the plan, the block table,
      * the lengths, Q and the partials stay in L2 from one call to the next. */
     const uint64_t policy = l2_policy_evict_first();
@@ -338,16 +356,16 @@ __device__ __forceinline__ void produce(const CUtensorMap &kv_map, const decode_
         /* the first tile's entry is read before the length is known (it stays inside the
          * row), so both DRAM round trips overlap */
         const int first = seq == wr.first_seq ? wr.first_tile : 0;
-        int32_t next_page = pages[min((int)((int64_t)first * KV_TILE_TOKENS / p.page_size), last_page)];
+        int32_t next_page = pages[min((int)((uint32_t)first / tpp), last_page)];
         int t0, t1;
         seq_tiles(wr, seq, p.seqlens[seq], p.max_len, &t0, &t1);
         for (int t = t0; t < t1; t++, it++) {
             const int s = it % KV_STAGES;
             const int32_t page = next_page;
-            const int32_t in_page = (int32_t)(((int64_t)t * KV_TILE_TOKENS) % p.page_size);
+            const int32_t in_page = (int32_t)(((uint32_t)t % tpp) * KV_TILE_TOKENS);
             /* the next tile's entry is read before the wait for a free stage */
             if (t + 1 < t1)
-                next_page = pages[(int64_t)(t + 1) * KV_TILE_TOKENS / p.page_size];
+                next_page = pages[((uint32_t)t + 1) / tpp];
             if (it >= KV_STAGES)
                 mbarrier_wait(&b.empty[s], ((it / KV_STAGES) - 1) & 1);
             /* All SMs start at once, so the first copies queue behind each other in DRAM:
@@ -358,10 +376,7 @@ __device__ __forceinline__ void produce(const CUtensorMap &kv_map, const decode_
             ETAP_TRACE_SPLIT(TRACE_PROD_FREE + 2 * it, it < ETAP_TRACE_PRODUCER_TILES);
             mbarrier_arrive_expect_tx(&b.full[s], KV_TILE_BYTES);
             uint8_t *stage = smem + s * KV_TILE_BYTES;
-#pragma unroll
-            for (int c = 0; c < QK_COL_BLOCKS; c++)
-                tma_load_4d(stage + c * COL_BLOCK_BYTES, &kv_map, &b.full[s], c * 64, kv_head,
-                            in_page, page, policy);
+            tma_load_5d(stage, &kv_map, &b.full[s], 0, in_page, 0, kv_head, page, policy);
             ETAP_TRACE_SPLIT(TRACE_PROD_ISSUED + 2 * it, it < ETAP_TRACE_PRODUCER_TILES);
         }
     }
@@ -976,11 +991,16 @@ __global__ void __launch_bounds__(THREADS, 1)
     grid_dependency_wait();
     ETAP_TRACE_SPLIT(TRACE_DEP_WAIT, tid == 0);
     grid_dependents_launch(); /* the combine kernel may start its launch now */
+    /* the status and the worker record in one round trip (the record lies inside the plan
+     * buffer whatever the status says) */
     const int32_t *plan = p.plan;
-    if (plan[ETAP_PLAN_H_STATUS] != ETAP_PLAN_OK)
-        return; /* the combine kernel writes NaN everywhere for an invalid plan */
     const int32_t *rec = plan + etap_plan_worker_offset(cta_worker(p));
+    const int32_t status = plan[ETAP_PLAN_H_STATUS];
+    if (tid >= 32 && tid < 35) /* lines the next reads touch, meanwhile */
+        prefetch_l2(tid == 32 ? (const void *)p.block_table : tid == 33 ? (const void *)p.seqlens : p.q);
     const worker_range wr = {rec[0], rec[1], rec[2], rec[3]};
+    if (status != ETAP_PLAN_OK)
+        return; /* the combine kernel writes NaN everywhere for an invalid plan */
     __syncthreads();
     ETAP_TRACE_SPLIT(TRACE_PLAN, tid == 0);
     if (wr.last_seq < wr.first_seq)

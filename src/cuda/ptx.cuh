@@ -74,6 +74,12 @@ __device__ __forceinline__ void cp_async_mbarrier_arrive_noinc(uint64_t *bar)
 
 /* ---- bulk tensor copy (PTX: cp.async.bulk.tensor) ----------------------------------- */
 
+/* Asks L2 for the line holding `ptr` (PTX: prefetch.global.L2); also brings its page
+ * translation to this SM. */
+__device__ __forceinline__ void prefetch_l2(const void *ptr)
+{
+    asm volatile("prefetch.global.L2 [%0];" ::"l"((uint64_t)ptr));
+}
 __device__ __forceinline__ void tma_prefetch_descriptor(const void *tmap)
 {
     asm volatile("prefetch.tensormap [%0];" ::"l"((uint64_t)tmap) : "memory");
@@ -86,15 +92,16 @@ __device__ __forceinline__ uint64_t l2_policy_evict_first(void)
     asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
     return policy;
 }
-/* Loads the box at coordinates (c0 innermost .. c3) of a 4-D tensor map into shared
+/* Loads the box at coordinates (c0 innermost .. c4) of a 5-D tensor map into shared
  * memory under the L2 policy `policy`; completion is signalled on `bar` as transaction
  * bytes. */
-__device__ __forceinline__ void tma_load_4d(void *dst, const void *tmap, uint64_t *bar, int32_t c0,
-                                            int32_t c1, int32_t c2, int32_t c3, uint64_t policy)
+__device__ __forceinline__ void tma_load_5d(void *dst, const void *tmap, uint64_t *bar, int32_t c0,
+                                            int32_t c1, int32_t c2, int32_t c3, int32_t c4,
+                                            uint64_t policy)
 {
-    asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
-                 ".L2::cache_hint [%0], [%1, {%3, %4, %5, %6}], [%2], %7;" ::"r"(smem_addr(dst)),
-                 "l"((uint64_t)tmap), "r"(smem_addr(bar)), "r"(c0), "r"(c1), "r"(c2), "r"(c3),
+    asm volatile("cp.async.bulk.tensor.5d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+                 ".L2::cache_hint [%0], [%1, {%3, %4, %5, %6, %7}], [%2], %8;" ::"r"(smem_addr(dst)),
+                 "l"((uint64_t)tmap), "r"(smem_addr(bar)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(c4),
                  "l"(policy)
                  : "memory");
 }
