@@ -430,6 +430,25 @@ __device__ __forceinline__ void store_o(const decode_params &p, int seq, int kv_
     }
 }
 
+/* STEPS k16 steps of S^T = K Q^T from key-dim step kk0 on, for the NW query rows whose Q
+ * starts at q_addr (in a q tile of N rows), accumulated into acc and waited for. */
+template <int NW, int N, int STEPS, int FP16>
+__device__ __forceinline__ void s_steps(float (&acc)[NW / 2], uint32_t stage_addr, uint32_t q_addr, int kk0)
+{
+    wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < STEPS; k++) {
+        const int kk = kk0 + k;
+        const uint32_t k_off = (kk / 4) * COL_BLOCK_BYTES + (kk % 4) * 32;
+        const uint32_t q_off = (kk / 4) * N * SWIZZLE_ROW_BYTES + (kk % 4) * 32;
+        wgmma_op<NW, FP16, 0>::run(acc, smem_desc_sw128(stage_addr + k_off), smem_desc_sw128(q_addr + q_off),
+                                   k > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_accumulators(acc);
+}
+
 /* S^T = K Q^T of one KV tile for warpgroup wg's NH = N/2 query rows (columns wg * NH ..),
  * into sacc in wgmma's fragment layout (m64nNH). With split_k_s(N) each warpgroup takes
  * half of the 576 key dims for all N rows, so the K tile is read from shared memory once
@@ -446,18 +465,7 @@ __device__ __forceinline__ void s_transposed(float (&sacc)[N / 4], uint32_t stag
     constexpr int NH = N / 2;
     if constexpr (split_k_s(N)) {
         float sfull[N / 2];
-        wgmma_fence();
-#pragma unroll
-        for (int k = 0; k < QK_K_STEPS / 2; k++) {
-            const int kk = wg * (QK_K_STEPS / 2) + k;
-            const uint32_t k_off = (kk / 4) * COL_BLOCK_BYTES + (kk % 4) * 32;
-            const uint32_t q_off = (kk / 4) * N * SWIZZLE_ROW_BYTES + (kk % 4) * 32;
-            wgmma_op<N, FP16, 0>::run(sfull, smem_desc_sw128(stage_addr + k_off),
-                                      smem_desc_sw128(q_addr + q_off), k > 0);
-        }
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_accumulators(sfull);
+        s_steps<N, N, QK_K_STEPS / 2, FP16>(sfull, stage_addr, q_addr, wg * (QK_K_STEPS / 2));
         float4 *x_out = (float4 *)x_buf + (wg * 128 + wtid) * (NH / 8);
         const float4 *x_in = (const float4 *)x_buf + ((1 - wg) * 128 + wtid) * (NH / 8);
         /* selects, not an index by wg (that would put sfull in local memory) */
@@ -480,18 +488,7 @@ __device__ __forceinline__ void s_transposed(float (&sacc)[N / 4], uint32_t stag
             sacc[4 * j + 3] += v.w;
         }
     } else {
-        const uint32_t q_own = q_addr + wg * NH * SWIZZLE_ROW_BYTES;
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < QK_K_STEPS; kk++) {
-            const uint32_t k_off = (kk / 4) * COL_BLOCK_BYTES + (kk % 4) * 32;
-            const uint32_t q_off = (kk / 4) * N * SWIZZLE_ROW_BYTES + (kk % 4) * 32;
-            wgmma_op<NH, FP16, 0>::run(sacc, smem_desc_sw128(stage_addr + k_off),
-                                       smem_desc_sw128(q_own + q_off), kk > 0);
-        }
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_accumulators(sacc);
+        s_steps<NH, N, QK_K_STEPS, FP16>(sacc, stage_addr, q_addr + wg * NH * SWIZZLE_ROW_BYTES, 0);
     }
 }
 
