@@ -453,11 +453,11 @@ __device__ __forceinline__ void s_steps(float (&acc)[NW / 2], uint32_t stage_add
  * into sacc in wgmma's fragment layout (m64nNH). With split_k_s(N) each warpgroup takes
  * half of the 576 key dims for all N rows, so the K tile is read from shared memory once
  * rather than once per warpgroup (those reads bound this step: at N = 16 S^T took 0.73 us
- * of a 1.86 us tile, 0.59 of 1.66 split), and the halves are summed through x_buf: column block j (8 rows) is 4
- * registers from 4j; thread i of one warpgroup trades with thread i of the other. The
- * other warpgroup reads x_buf before it passes the consumers' next barrier, which this
- * one passes before its next tile's writes. Larger N keep their own rows: N/2 more live
- * accumulators next to O would spill. */
+ * of a 1.86 us tile, split 0.59 of 1.66), and the halves are summed through x_buf: column
+ * block j (8 rows) is 4 registers from 4j; thread i of one warpgroup trades with thread i
+ * of the other. The other warpgroup reads x_buf before it passes the consumers' next
+ * barrier, which this one passes before its next tile's writes. Larger N keep their own
+ * rows: N/2 more live accumulators next to O would spill. */
 template <int N, int FP16>
 __device__ __forceinline__ void s_transposed(float (&sacc)[N / 4], uint32_t stage_addr, uint32_t q_addr,
                                              int wg, int wtid, float *x_buf)
