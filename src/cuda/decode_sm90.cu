@@ -201,16 +201,19 @@ __device__ __forceinline__ int cta_group(const decode_params &p)
 }
 
 /* The consumers' waits: this sequence's Q rows (the qi-th copy; cp.async wrote them through
- * the generic proxy and wgmma reads them next), and KV tile `it` of the ring (its stage). */
+ * the generic proxy and wgmma reads them next), and KV tile `it` of the ring (its stage);
+ * each stamps its slot of the timeline (trace builds only). */
 __device__ __forceinline__ void wait_q(const ring_bars &b, int qi)
 {
     mbarrier_wait(b.q_full, qi & 1);
     fence_proxy_async_smem();
+    ETAP_TRACE_SPLIT(TRACE_Q_READY, threadIdx.x == 0 && qi == 0);
 }
 __device__ __forceinline__ uint8_t *wait_tile(uint8_t *smem, const ring_bars &b, int it)
 {
     const int s = it % KV_STAGES;
     mbarrier_wait(&b.full[s], (it / KV_STAGES) & 1);
+    ETAP_TRACE_SPLIT(TRACE_TILE_FULL + 2 * it, threadIdx.x == 0 && it < ETAP_TRACE_TILES);
     return smem + s * KV_TILE_BYTES;
 }
 
@@ -550,12 +553,10 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
             for (int i = 0; i < o_regs(N); i++)
                 o[mb][i] = 0.f;
         wait_q(b, qi);
-        ETAP_TRACE_SPLIT(TRACE_Q_READY, ctid == 0 && it == 0);
 
         for (int t = t0; t < t1; t++, it++) {
             const int s = it % KV_STAGES;
             uint8_t *stage = wait_tile(smem, b, it);
-            ETAP_TRACE_SPLIT(TRACE_TILE_FULL + 2 * it, ctid == 0 && it < ETAP_TRACE_TILES);
             const uint32_t stage_addr = smem_addr(stage);
             /* P_lo: rows N..2N-1 of the p tile (stacked), or the tile's RoPE columns
              * (512..575): S^T is done with them before P is written, and the stage is
@@ -809,12 +810,10 @@ __device__ __forceinline__ void consume_rows_on_m(const decode_params &p, const 
         for (int i = 0; i < 128; i++)
             o[i] = 0.f;
         wait_q(b, qi);
-        ETAP_TRACE_SPLIT(TRACE_Q_READY, tid == 0 && it == 0);
 
         for (int t = t0; t < t1; t++, it++) {
             const int s = it % KV_STAGES;
             uint8_t *stage = wait_tile(smem, b, it);
-            ETAP_TRACE_SPLIT(TRACE_TILE_FULL + 2 * it, tid == 0 && it < ETAP_TRACE_TILES);
             uint8_t *p_hi_tile = stage + ROPE_COL_BLOCK * COL_BLOCK_BYTES;
             const uint32_t stage_addr = smem_addr(stage);
 
