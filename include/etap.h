@@ -193,7 +193,12 @@ ETAP_API etap_status etap_workspace_size(etap_handle handle, const etap_mla_shap
 
 /* One decode call: out and lse for every (b, s_q, h_q) row. `plan` must come from
  * etap_plan() with the same handle, batch, head counts and lengths. On CUDA the call is
- * asynchronous on `stream` and safe to capture in a CUDA graph. */
+ * asynchronous on `stream` and safe to capture in a CUDA graph. Its kernels start while
+ * the kernel before them on the stream finishes (programmatic dependent launch) and wait
+ * for it before reading q, the cache, the lengths or the block table, but read the plan
+ * at once: the plan must be complete when the call is enqueued behind it. etap_plan() and
+ * stream-ordered copies guarantee that; a kernel of your own that writes the plan must not
+ * be the one right before etap_decode() if it lets dependent kernels launch early. */
 ETAP_API etap_status etap_decode(etap_handle handle, const etap_mla_args *args,
                                  const void *plan, size_t plan_bytes, void *workspace,
                                  size_t workspace_bytes, void *stream);

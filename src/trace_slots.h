@@ -27,6 +27,7 @@ enum {
     TRACE_EPILOGUE = 26,      /* the last epilogue's stores issued */
     TRACE_TILES = 27,         /* count: tiles of the CTA */
     TRACE_SEQS = 28,          /* count: sequences of the CTA */
+    TRACE_SMID = 29,          /* value: the SM the CTA ran on */
     TRACE_PROD_FREE = 30,     /* + 2k: producer: stage free for copy k */
     TRACE_PROD_ISSUED = 31,   /* + 2k: copy k issued */
     TRACE_T2_S = 40,          /* tile 2: S^T done */

@@ -1055,6 +1055,51 @@ static void plot_command(char *buf, size_t n, const char *json, const char *png)
 /* ------------------------------------------------------------------------------------ */
 /* main                                                                                 */
 
+/* --trace, the balance of the CTAs: when each one's last tile was done against its tile and
+ * sequence counts, and its steady tile period (first to last PV), with the slowest and the
+ * fastest CTAs and their SMs. */
+static void print_trace_balance(unsigned long long (*tr)[ETAP_TRACE_SLOTS], int ctas,
+                                unsigned long long base, unsigned long long window)
+{
+    enum { MAX_TILES = 64, MAX_SEQS = 4 };
+    double sum[MAX_TILES][MAX_SEQS] = {{0}}, mx[MAX_TILES][MAX_SEQS] = {{0}};
+    int cnt[MAX_TILES][MAX_SEQS] = {{0}}, order[ETAP_TRACE_CTAS], n = 0;
+    double last[ETAP_TRACE_CTAS], period[ETAP_TRACE_CTAS];
+    for (int w = 0; w < ctas; w++) {
+        const unsigned long long *r = tr[w];
+        const unsigned long long t0 = r[TRACE_TILE_DONE], tl = r[TRACE_LAST_TILE];
+        if (r[TRACE_TILES] < 1 || t0 < base || tl < t0 || tl - base >= window)
+            continue;
+        last[w] = (double)(tl - base) * 1e-3;
+        period[w] = r[TRACE_TILES] > 1 ? (double)(tl - t0) * 1e-3 / (double)(r[TRACE_TILES] - 1) : 0;
+        order[n++] = w;
+        const int t = r[TRACE_TILES] < MAX_TILES ? (int)r[TRACE_TILES] : MAX_TILES - 1;
+        const int q = r[TRACE_SEQS] < MAX_SEQS ? (int)r[TRACE_SEQS] : MAX_SEQS - 1;
+        sum[t][q] += last[w], cnt[t][q]++;
+        mx[t][q] = last[w] > mx[t][q] ? last[w] : mx[t][q];
+    }
+    printf("  last tile PV done by (tiles, sequences): mean / max (CTAs)\n");
+    for (int t = 0; t < MAX_TILES; t++)
+        for (int q = 0; q < MAX_SEQS; q++)
+            if (cnt[t][q])
+                printf("    %2d tiles %d seqs  %8.2f %8.2f  (%d)\n", t, q, sum[t][q] / cnt[t][q],
+                       mx[t][q], cnt[t][q]);
+    for (int i = 1; i < n; i++) /* by last tile done, insertion sort */
+        for (int j = i; j > 0 && last[order[j]] < last[order[j - 1]]; j--) {
+            const int x = order[j];
+            order[j] = order[j - 1], order[j - 1] = x;
+        }
+    printf("  CTAs by last tile done (worker smid tiles seqs tile0-landed period last):\n");
+    for (int i = 0; i < n; i++) {
+        if (i >= 5 && i < n - 8)
+            continue;
+        const int w = order[i];
+        const unsigned long long *r = tr[w];
+        printf("    %4d %4llu %3llu %llu %8.2f %6.3f %8.2f\n", w, r[TRACE_SMID], r[TRACE_TILES],
+               r[TRACE_SEQS], (double)(r[TRACE_TILE_FULL] - base) * 1e-3, period[w], last[w]);
+    }
+}
+
 /* --trace: the timeline the kernels of a -DETAP_TRACE=ON library stamped during the last
  * call (src/trace_slots.h): per slot the mean and the max over the CTAs that wrote it, in
  * us from the first CTA's entry. */
@@ -1128,6 +1173,7 @@ static int print_trace(const case_result *x)
         if (m)
             printf("  %-26s %9.2f %9.2f  (%d CTAs)\n", name, sum / m, mx, m);
     }
+    print_trace_balance(tr, ctas, base, window);
     unsigned long long first = ~0ull, wait = ~0ull, last = 0;
     int m = 0;
     for (int i = 0; i < ETAP_TRACE_COMBINE_CTAS; i++) {

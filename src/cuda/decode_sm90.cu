@@ -971,6 +971,7 @@ __global__ void __launch_bounds__(THREADS, 1)
 
     const int tid = threadIdx.x;
     ETAP_TRACE_SPLIT(TRACE_ENTRY, tid == 0);
+    ETAP_TRACE_SPLIT_VALUE(TRACE_SMID, tid == 0, (unsigned long long)smid());
     if (tid == 0) {
         for (int s = 0; s < KV_STAGES; s++) {
             mbarrier_init(&b.full[s], 1);
@@ -981,20 +982,22 @@ __global__ void __launch_bounds__(THREADS, 1)
         mbarrier_init_fence();
         tma_prefetch_descriptor(&kv_map);
     }
+    /* The plan status and the worker record, in one round trip (the record lies inside
+     * the plan buffer whatever the status says), go out before griddepcontrol.wait: the
+     * plan is complete before this grid starts (etap.h: etap_decode; the plan kernel
+     * lets no dependent launch before it ends), and read through L2. */
+    const int32_t *plan = p.plan;
+    const int32_t *rec = plan + etap_plan_worker_offset(cta_worker(p));
+    const int32_t status = __ldcg(plan + ETAP_PLAN_H_STATUS);
+    const worker_range wr = {__ldcg(rec), __ldcg(rec + 1), __ldcg(rec + 2), __ldcg(rec + 3)};
     /* Launched with programmatic dependent launch: the kernel before this one in the
-     * stream (any kernel: it may have written q, the cache or the plan) may still be
-     * running, so no input is read before this wait. */
+     * stream (any kernel: it may have written q, the cache or the lengths) may still be
+     * running, so no other input is read before this wait. */
     grid_dependency_wait();
     ETAP_TRACE_SPLIT(TRACE_DEP_WAIT, tid == 0);
     grid_dependents_launch(); /* the combine kernel may start its launch now */
-    /* the status and the worker record in one round trip (the record lies inside the plan
-     * buffer whatever the status says) */
-    const int32_t *plan = p.plan;
-    const int32_t *rec = plan + etap_plan_worker_offset(cta_worker(p));
-    const int32_t status = plan[ETAP_PLAN_H_STATUS];
-    if (tid >= 32 && tid < 35) /* lines the next reads touch, meanwhile */
+    if (tid >= 32 && tid < 35) /* lines the next reads touch */
         prefetch_l2(tid == 32 ? (const void *)p.block_table : tid == 33 ? (const void *)p.seqlens : p.q);
-    const worker_range wr = {rec[0], rec[1], rec[2], rec[3]};
     if (status != ETAP_PLAN_OK)
         return; /* the combine kernel writes NaN everywhere for an invalid plan */
     __syncthreads();

@@ -156,6 +156,9 @@ cudaError_t etap_plan_set_attributes(size_t max_smem_bytes)
                                 (int)max_smem_bytes);
 }
 
+/* A plain launch, and the kernel never triggers its dependents early: the split kernel
+ * reads the plan before its griddepcontrol.wait (decode_sm90.cu), so the plan kernel must
+ * end before a dependent grid starts. */
 cudaError_t etap_launch_plan(const int32_t *seqlens, int32_t *plan, int32_t batch,
                              int32_t num_workers, int32_t max_len, cudaStream_t stream)
 {

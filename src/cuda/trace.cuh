@@ -20,6 +20,12 @@ __device__ __forceinline__ unsigned long long trace_now(void)
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
     return t;
 }
+__device__ __forceinline__ unsigned smid(void)
+{
+    unsigned id;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(id));
+    return id;
+}
 #define ETAP_TRACE_SPLIT(slot, cond)                                                        \
     do {                                                                                    \
         if ((cond) && blockIdx.y == 0 && blockIdx.x < ETAP_TRACE_CTAS)                  \
