@@ -4,7 +4,7 @@
  *
  * Split kernel: one row of ETAP_TRACE_SLOTS 64-bit words per CTA of KV head 0 (worker w <
  * ETAP_TRACE_CTAS), %globaltimer nanoseconds unless marked as a count; a sequence-wise
- * slot holds the CTA's last sequence. Combine kernel: three words per CTA.
+ * slot holds the CTA's last sequence. Combine kernel: TRACE_COMBINE_SLOTS words per CTA.
  */
 #ifndef ETAP_TRACE_SLOTS_H
 #define ETAP_TRACE_SLOTS_H
@@ -36,6 +36,13 @@ enum {
     TRACE_T2_PV_ISSUED = 43,  /* tile 2: PV product issued */
     TRACE_SUMS = 44           /* the last epilogue's row sums exchanged */
 };
-enum { TRACE_COMBINE_ENTRY = 0, TRACE_COMBINE_DEP_WAIT = 1, TRACE_COMBINE_EXIT = 2, TRACE_COMBINE_SLOTS = 3 };
+enum {
+    TRACE_COMBINE_ENTRY = 0,
+    TRACE_COMBINE_DEP_WAIT = 1,
+    TRACE_COMBINE_EXIT = 2,
+    TRACE_COMBINE_WEIGHTS = 3, /* the row's lse read, max and weight sum known */
+    TRACE_COMBINE_MERGED = 4,  /* its partial rows read and merged, before the stores */
+    TRACE_COMBINE_SLOTS = 5
+};
 
 #endif

@@ -175,6 +175,7 @@ __global__ void __launch_bounds__(COMBINE_THREADS, 1)
         local_sum += weight[k];
     }
     const float wsum = block_reduce(local_sum, scratch, false); /* also orders weight[] */
+    ETAP_TRACE_COMBINE(TRACE_COMBINE_WEIGHTS);
 
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
     if (wsum > 0.f) {
@@ -207,6 +208,7 @@ __global__ void __launch_bounds__(COMBINE_THREADS, 1)
             acc.x += o.x, acc.y += o.y, acc.z += o.z, acc.w += o.w;
         }
         const float4 out4[1] = {acc};
+        ETAP_TRACE_COMBINE(TRACE_COMBINE_MERGED);
         write_row<FP16, 1>(p, c, dim, out4, lse_max, wsum, blockIdx.y == 0 && lane == 0);
     }
     ETAP_TRACE_COMBINE(TRACE_COMBINE_EXIT);
@@ -281,6 +283,7 @@ __device__ __forceinline__ void combine_row_warp(const decode_params &p, const c
     for (int k = lane + 32; k < m; k += 32)
         wsum += lse_max == -INFINITY ? 0.f : __expf(lse_in[k * row_stride] - lse_max);
     wsum = warp_sum(wsum);
+    ETAP_TRACE_COMBINE(TRACE_COMBINE_WEIGHTS);
 
     float4 acc[4];
 #pragma unroll
@@ -308,6 +311,7 @@ __device__ __forceinline__ void combine_row_warp(const decode_params &p, const c
                 w = k + lane < m ? __expf(lse_in[(k + lane) * row_stride] - lse_max) : 0.f;
         }
     }
+    ETAP_TRACE_COMBINE(TRACE_COMBINE_MERGED);
     write_row<FP16, 4>(p, c, lane * 4, acc, lse_max, wsum, lane == 0);
 }
 
