@@ -42,7 +42,8 @@ enum {
     TRACE_COMBINE_EXIT = 2,
     TRACE_COMBINE_WEIGHTS = 3, /* the row's lse read, max and weight sum known */
     TRACE_COMBINE_MERGED = 4,  /* its partial rows read and merged, before the stores */
-    TRACE_COMBINE_SLOTS = 5
+    TRACE_COMBINE_PROBE = 5,   /* a plan word read through L2 right after the wait arrived */
+    TRACE_COMBINE_SLOTS = 6
 };
 
 #endif

@@ -1190,7 +1190,7 @@ static int print_trace(const case_result *x)
                (double)(first - base) * 1e-3, (double)(wait - base) * 1e-3,
                (double)(last - base) * 1e-3);
     /* per merging CTA, from its own wait: weights known, rows merged, exit (mean, max) */
-    double sum[3] = {0}, mx[3] = {0};
+    double sum[4] = {0}, mx[4] = {0};
     int merged = 0;
     for (int i = 0; i < ETAP_TRACE_COMBINE_CTAS; i++) {
         const unsigned long long *c = ct[i];
@@ -1198,8 +1198,9 @@ static int print_trace(const case_result *x)
             c[TRACE_COMBINE_MERGED] < c[TRACE_COMBINE_DEP_WAIT] ||
             c[TRACE_COMBINE_MERGED] - c[TRACE_COMBINE_DEP_WAIT] >= window)
             continue;
-        const int slot[3] = {TRACE_COMBINE_WEIGHTS, TRACE_COMBINE_MERGED, TRACE_COMBINE_EXIT};
-        for (int k = 0; k < 3; k++) {
+        const int slot[4] = {TRACE_COMBINE_WEIGHTS, TRACE_COMBINE_MERGED, TRACE_COMBINE_EXIT,
+                             TRACE_COMBINE_PROBE};
+        for (int k = 0; k < 4; k++) {
             const double d = (double)(c[slot[k]] - c[TRACE_COMBINE_DEP_WAIT]) * 1e-3;
             sum[k] += d;
             mx[k] = d > mx[k] ? d : mx[k];
@@ -1208,8 +1209,9 @@ static int print_trace(const case_result *x)
     }
     if (merged)
         printf("  combine, from each CTA's wait (mean/max, %d merging CTAs): weights %.2f/%.2f, "
-               "merged %.2f/%.2f, exit %.2f/%.2f\n",
-               merged, sum[0] / merged, mx[0], sum[1] / merged, mx[1], sum[2] / merged, mx[2]);
+               "merged %.2f/%.2f, exit %.2f/%.2f; a plan word through L2 %.2f/%.2f\n",
+               merged, sum[0] / merged, mx[0], sum[1] / merged, mx[1], sum[2] / merged, mx[2],
+               sum[3] / merged, mx[3]);
     return 0;
 }
 

@@ -143,6 +143,7 @@ __global__ void __launch_bounds__(COMBINE_THREADS, 1)
     grid_dependency_wait();
     ETAP_TRACE_COMBINE(TRACE_COMBINE_DEP_WAIT);
     grid_dependents_launch(); /* the next decode call's split kernel may start launching */
+    ETAP_TRACE_COMBINE_PROBE(p.plan + ETAP_PLAN_H_MAGIC);
     if (c.n == 1 && !c.bad_plan) {
         ETAP_TRACE_COMBINE(TRACE_COMBINE_EXIT);
         return; /* the split kernel wrote this row */
@@ -335,6 +336,7 @@ __global__ void __launch_bounds__(COMBINE_WARP_ROWS * 32)
     grid_dependency_wait();
     ETAP_TRACE_COMBINE(TRACE_COMBINE_DEP_WAIT);
     grid_dependents_launch();
+    ETAP_TRACE_COMBINE_PROBE(p.plan + ETAP_PLAN_H_MAGIC);
     if (live && !(c.n == 1 && !c.bad_plan)) /* else the split kernel wrote this row */
         combine_row_warp<FP16, UNROLL>(p, c);
     ETAP_TRACE_COMBINE(TRACE_COMBINE_EXIT); /* thread 0 gets here on every path */

@@ -49,7 +49,19 @@ __device__ __forceinline__ unsigned smid(void)
         if (threadIdx.x == 0 && cta < ETAP_TRACE_COMBINE_CTAS)                              \
             etap_trace_combine[cta][(slot)] = trace_now();                                  \
     } while (0)
+/* thread 32 (warp 1) reads one word through L2 right after the wait and stamps its
+ * arrival, without holding up thread 0's stamps: an L2 round trip at that moment */
+#define ETAP_TRACE_COMBINE_PROBE(word_ptr)                                                  \
+    do {                                                                                    \
+        const unsigned cta = blockIdx.y * gridDim.x + blockIdx.x;                           \
+        if (threadIdx.x == 32 && cta < ETAP_TRACE_COMBINE_CTAS) {                           \
+            const int probe_word = __ldcg(word_ptr);                                        \
+            asm volatile("" ::"r"(probe_word));                                             \
+            etap_trace_combine[cta][TRACE_COMBINE_PROBE] = trace_now();                     \
+        }                                                                                   \
+    } while (0)
 #else
+#define ETAP_TRACE_COMBINE_PROBE(word_ptr) ((void)0)
 #define ETAP_TRACE_SPLIT(slot, cond) ((void)0)
 #define ETAP_TRACE_SPLIT_VALUE(slot, cond, v) ((void)0)
 #define ETAP_TRACE_COMBINE(slot) ((void)0)
