@@ -49,8 +49,9 @@ __device__ __forceinline__ unsigned smid(void)
         if (threadIdx.x == 0 && cta < ETAP_TRACE_COMBINE_CTAS)                              \
             etap_trace_combine[cta][(slot)] = trace_now();                                  \
     } while (0)
-/* thread 32 (warp 1) reads one word through L2 right after the wait and stamps its
- * arrival, without holding up thread 0's stamps: an L2 round trip at that moment */
+/* thread 32 (warp 1) reads one word (ld.global.cg) right after the wait and stamps its
+ * arrival, without holding up thread 0's stamps: how long one read of a line that no
+ * kernel just wrote takes at that moment, to within %globaltimer's resolution */
 #define ETAP_TRACE_COMBINE_PROBE(word_ptr)                                                  \
     do {                                                                                    \
         const unsigned cta = blockIdx.y * gridDim.x + blockIdx.x;                           \
