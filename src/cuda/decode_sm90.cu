@@ -87,14 +87,13 @@ struct ring_bars {
  *   red    [4 warps][N] f32                                 cross-warp max / sum exchange
  *   alpha  [N] f32                                          per-row rescale of this tile
  *   vis_end [N] int                                        keys each row may see (this sequence)
+ *   x      [2 warpgroups][128 threads][N/4] f32             S^T halves for the other warpgroup
  *   bars   full[KV_STAGES], empty[KV_STAGES], q_full, q_empty   mbarriers
  */
 /* N <= 32: P_hi and P_lo are stacked on wgmma's N (one m64n2Nk16 per step reads V once and
  * keeps O_hi, O_lo in separate accumulators, added in the epilogue); above, the registers
  * for 2N columns are not there and P_lo takes the spent RoPE block of the tile instead. */
 __host__ __device__ constexpr bool stacked_p(int n) { return n <= 32; }
-/* N <= 16: the two warpgroups split S^T by key dims, not by query rows (s_transposed) */
-__host__ __device__ constexpr bool split_k_s(int n) { return n <= 16; }
 /* fp32 accumulators per thread for one m64 block of O^T: N/2, or N with the stacked P */
 __host__ __device__ constexpr int o_regs(int n) { return stacked_p(n) ? n : n / 2; }
 __host__ __device__ constexpr int smem_q_offset(void) { return KV_STAGES * KV_TILE_BYTES; }
@@ -105,16 +104,16 @@ __host__ __device__ constexpr int smem_red_offset(int n)
 }
 __host__ __device__ constexpr int smem_alpha_offset(int n) { return smem_red_offset(n) + 16 * n; }
 __host__ __device__ constexpr int smem_vis_offset(int n) { return smem_alpha_offset(n) + 4 * n; }
-/* S^T halves on their way to the other warpgroup (s_transposed, split_k_s):
- * [2 warpgroups][128 threads][n/4] floats */
+/* S^T halves on their way to the other warpgroup (s_transposed) */
 __host__ __device__ constexpr int smem_x_offset(int n) { return smem_vis_offset(n) + 4 * n; }
-__host__ __device__ constexpr int smem_bar_offset(int n) { return smem_x_offset(n) + (split_k_s(n) ? 256 * n : 0); }
+__host__ __device__ constexpr int smem_bar_offset(int n) { return smem_x_offset(n) + 256 * n; }
 __host__ __device__ constexpr int smem_total(int n) { return smem_bar_offset(n) + 8 * (2 * KV_STAGES + 2); }
 
 static_assert(smem_total(ETAP_SM90_MAX_ROWS - ETAP_SM90_ROW_STEP) <= 227 * 1024,
               "shared memory budget of the largest transposed N (48)");
 static_assert(smem_q_offset() % 1024 == 0, "q tile must be 1024-aligned for the swizzle");
-static_assert(smem_x_offset(16) % 16 == 0, "the S^T exchange is read as float4");
+static_assert(smem_x_offset(16) % 16 == 0 && smem_x_offset(32) % 16 == 0 && smem_x_offset(48) % 16 == 0,
+              "the S^T exchange is read as float4");
 
 #ifdef ETAP_TRACE
 /* src/trace_slots.h names the slots */
@@ -433,19 +432,21 @@ __device__ __forceinline__ void store_o(const decode_params &p, int seq, int kv_
     }
 }
 
-/* STEPS k16 steps of S^T = K Q^T from key-dim step kk0 on, for the NW query rows whose Q
- * starts at q_addr (in a q tile of N rows), accumulated into acc and waited for. */
-template <int NW, int N, int STEPS, int FP16>
-__device__ __forceinline__ void s_steps(float (&acc)[NW / 2], uint32_t stage_addr, uint32_t q_addr, int kk0)
+/* Half of S^T = K Q^T for all N query rows: the 18 k16 steps of key dims KK0 .. KK0 + 17,
+ * into acc (m64nN) and waited for. KK0 is a template argument so that every operand offset
+ * is a constant: computed from a run-time first step, the compiler keeps the 36 offsets
+ * live across the tile loop, and next to O^T's 128 registers at N = 32 that spills. */
+template <int N, int KK0, int FP16>
+__device__ __forceinline__ void s_half(float (&acc)[N / 2], uint32_t stage_addr, uint32_t q_addr)
 {
     wgmma_fence();
 #pragma unroll
-    for (int k = 0; k < STEPS; k++) {
-        const int kk = kk0 + k;
+    for (int k = 0; k < QK_K_STEPS / 2; k++) {
+        const int kk = KK0 + k;
         const uint32_t k_off = (kk / 4) * COL_BLOCK_BYTES + (kk % 4) * 32;
         const uint32_t q_off = (kk / 4) * N * SWIZZLE_ROW_BYTES + (kk % 4) * 32;
-        wgmma_op<NW, FP16, 0>::run(acc, smem_desc_sw128(stage_addr + k_off), smem_desc_sw128(q_addr + q_off),
-                                   k > 0);
+        wgmma_op<N, FP16, 0>::run(acc, smem_desc_sw128(stage_addr + k_off), smem_desc_sw128(q_addr + q_off),
+                                  k > 0);
     }
     wgmma_commit();
     wgmma_wait<0>();
@@ -453,45 +454,44 @@ __device__ __forceinline__ void s_steps(float (&acc)[NW / 2], uint32_t stage_add
 }
 
 /* S^T = K Q^T of one KV tile for warpgroup wg's NH = N/2 query rows (columns wg * NH ..),
- * into sacc in wgmma's fragment layout (m64nNH). With split_k_s(N) each warpgroup takes
- * half of the 576 key dims for all N rows, so the K tile is read from shared memory once
- * rather than once per warpgroup (those reads bound this step: at N = 16 S^T took 0.73 us
- * of a 1.86 us tile, split 0.59 of 1.66), and the halves are summed through x_buf: column
- * block j (8 rows) is 4 registers from 4j; thread i of one warpgroup trades with thread i
- * of the other. The other warpgroup reads x_buf before it passes the consumers' next
- * barrier, which this one passes before its next tile's writes. Larger N keep their own
- * rows: N/2 more live accumulators next to O would spill. */
+ * into sacc in wgmma's fragment layout (m64nNH). Each warpgroup computes S^T of all N rows
+ * over half of the 576 key dims, so the K tile is read from shared memory once rather than
+ * once per warpgroup (those reads bound this step: at N = 16 S^T took 0.73 us of a 1.86 us
+ * tile, split 0.59 of 1.66; docs/perf.md v12b, and at N = 32 / 48 session 7), and the
+ * halves are summed through x_buf: column block j (8 rows) is 4 registers from 4j; thread
+ * i of one warpgroup trades with thread i of the other. The other warpgroup reads x_buf
+ * before it passes the consumers' next barrier, which this one passes before its next
+ * tile's writes. */
 template <int N, int FP16>
 __device__ __forceinline__ void s_transposed(float (&sacc)[N / 4], uint32_t stage_addr, uint32_t q_addr,
                                              int wg, int wtid, float *x_buf)
 {
     constexpr int NH = N / 2;
-    if constexpr (split_k_s(N)) {
-        float sfull[N / 2];
-        s_steps<N, N, QK_K_STEPS / 2, FP16>(sfull, stage_addr, q_addr, wg * (QK_K_STEPS / 2));
-        float4 *x_out = (float4 *)x_buf + (wg * 128 + wtid) * (NH / 8);
-        const float4 *x_in = (const float4 *)x_buf + ((1 - wg) * 128 + wtid) * (NH / 8);
-        /* selects, not an index by wg (that would put sfull in local memory) */
+    float sfull[N / 2];
+    if (wg == 0)
+        s_half<N, 0, FP16>(sfull, stage_addr, q_addr);
+    else
+        s_half<N, QK_K_STEPS / 2, FP16>(sfull, stage_addr, q_addr);
+    float4 *x_out = (float4 *)x_buf + (wg * 128 + wtid) * (NH / 8);
+    const float4 *x_in = (const float4 *)x_buf + ((1 - wg) * 128 + wtid) * (NH / 8);
+    /* selects, not an index by wg (that would put sfull in local memory) */
 #pragma unroll
-        for (int i = 0; i < NH / 2; i++)
-            sacc[i] = wg ? sfull[i] : sfull[NH / 2 + i]; /* to give */
+    for (int i = 0; i < NH / 2; i++)
+        sacc[i] = wg ? sfull[i] : sfull[NH / 2 + i]; /* to give */
 #pragma unroll
-        for (int j = 0; j < NH / 8; j++)
-            x_out[j] = make_float4(sacc[4 * j], sacc[4 * j + 1], sacc[4 * j + 2], sacc[4 * j + 3]);
+    for (int j = 0; j < NH / 8; j++)
+        x_out[j] = make_float4(sacc[4 * j], sacc[4 * j + 1], sacc[4 * j + 2], sacc[4 * j + 3]);
 #pragma unroll
-        for (int i = 0; i < NH / 2; i++)
-            sacc[i] = wg ? sfull[NH / 2 + i] : sfull[i]; /* to keep */
-        named_barrier_sync(BAR_EXCHANGE, CONSUMER_THREADS); /* halves in x_buf */
+    for (int i = 0; i < NH / 2; i++)
+        sacc[i] = wg ? sfull[NH / 2 + i] : sfull[i]; /* to keep */
+    named_barrier_sync(BAR_EXCHANGE, CONSUMER_THREADS); /* halves in x_buf */
 #pragma unroll
-        for (int j = 0; j < NH / 8; j++) {
-            const float4 v = x_in[j];
-            sacc[4 * j] += v.x;
-            sacc[4 * j + 1] += v.y;
-            sacc[4 * j + 2] += v.z;
-            sacc[4 * j + 3] += v.w;
-        }
-    } else {
-        s_steps<NH, N, QK_K_STEPS, FP16>(sacc, stage_addr, q_addr + wg * NH * SWIZZLE_ROW_BYTES, 0);
+    for (int j = 0; j < NH / 8; j++) {
+        const float4 v = x_in[j];
+        sacc[4 * j] += v.x;
+        sacc[4 * j + 1] += v.y;
+        sacc[4 * j + 2] += v.z;
+        sacc[4 * j + 3] += v.w;
     }
 }
 
