@@ -57,7 +57,6 @@
  * below 56. */
 #define CONSUMER_REGS(n) ((n) > 48 ? 232 : 224)
 #define PRODUCER_REGS(n) ((n) > 48 ? 40 : 56)
-#define Q_CHUNKS_PER_ROW 72 /* 16-byte chunks of one 576-wide 16-bit row */
 
 static_assert(KV_TILE_TOKENS == ETAP_TILE_TOKENS, "the plan's tile is the kernel's M");
 
@@ -242,32 +241,38 @@ __device__ __forceinline__ bool piece_of(const decode_params &p, const worker_ra
 /* ---- the kernel ------------------------------------------------------------------------ */
 
 /* Q rows r0 .. r0 + N - 1 of (seq, this KV head) into the swizzled q tile with cp.async,
- * by Q_COPY_THREADS threads; padding rows (r0 + n >= R) are zero-filled. ONE_POS: s_q = 1,
- * so row r is head kv_head * group + r (no division by group on the way to the first
- * tile). */
+ * by Q_COPY_THREADS threads; padding rows (r0 + n >= R) are zero-filled. Thread i copies
+ * the 16-byte chunk i % 8 of every 64-column block of rows i / 8, i / 8 + 12, ..., so a
+ * row's source is found once per row, not once per chunk (a division by the group size
+ * per chunk held the 64-row Q back by ~4 us). ONE_POS: s_q = 1, so row r is head
+ * kv_head * group + r, with no division at all (on the way to a one-tile call's S^T). */
+#define Q_ROWS_PER_PASS (Q_COPY_THREADS / 8)
 template <int N, bool ONE_POS>
 __device__ __forceinline__ void copy_q_rows_as(const decode_params &p, int seq, int kv_head,
                                                int r0, uint8_t *q_tile, int qtid)
 {
     const uint16_t *q_seq = (const uint16_t *)p.q + seq * p.q_stride_batch;
-    for (int idx = qtid; idx < N * Q_CHUNKS_PER_ROW; idx += Q_COPY_THREADS) {
-        const int n = idx / Q_CHUNKS_PER_ROW, chunk = idx % Q_CHUNKS_PER_ROW, row = r0 + n;
+    const int ch = qtid % 8;
+    for (int n = qtid / 8; n < N; n += Q_ROWS_PER_PASS) {
+        const int row = r0 + n;
         const bool real = row < p.rows;
-        const uint16_t *src = q_seq + chunk * 8;
+        const uint16_t *src = q_seq + ch * 8;
         if (real) {
             const int s_pos = ONE_POS ? 0 : row / p.group, h = ONE_POS ? row : row % p.group;
             src += s_pos * p.q_stride_seq + (kv_head * p.group + h) * p.q_stride_head;
         }
-        cp_async_16(q_tile + (chunk / 8) * N * SWIZZLE_ROW_BYTES + swizzled_offset(n, (chunk % 8) * 8),
-                    src, real ? 16 : 0);
+        uint8_t *dst = q_tile + swizzled_offset(n, ch * 8);
+#pragma unroll
+        for (int cb = 0; cb < QK_COL_BLOCKS; cb++)
+            cp_async_16(dst + cb * N * SWIZZLE_ROW_BYTES, src + cb * 64, real ? 16 : 0);
     }
 }
+static_assert(Q_COPY_THREADS % 8 == 0, "a Q copy thread keeps one 16-byte chunk of each column block");
 template <int N>
 __device__ __forceinline__ void copy_q_rows(const decode_params &p, int seq, int kv_head,
                                             int r0, uint8_t *q_tile, int qtid)
 {
-    /* (not at N = 64: both copies in the rows-on-M kernel's 40-register producer spill) */
-    if (N < 64 && p.seqlen_q == 1)
+    if (p.seqlen_q == 1)
         copy_q_rows_as<N, true>(p, seq, kv_head, r0, q_tile, qtid);
     else
         copy_q_rows_as<N, false>(p, seq, kv_head, r0, q_tile, qtid);
