@@ -244,7 +244,7 @@ __device__ __forceinline__ bool piece_of(const decode_params &p, const worker_ra
  * by Q_COPY_THREADS threads; padding rows (r0 + n >= R) are zero-filled. Thread i copies
  * the 16-byte chunk i % 8 of every 64-column block of rows i / 8, i / 8 + 12, ..., so a
  * row's source is found once per row, not once per chunk (a division by the group size
- * per chunk held the 64-row Q back by ~4 us). ONE_POS: s_q = 1, so row r is head
+ * per chunk held the 64-row Q back by ~7 us). ONE_POS: s_q = 1, so row r is head
  * kv_head * group + r, with no division at all (on the way to a one-tile call's S^T). */
 #define Q_ROWS_PER_PASS (Q_COPY_THREADS / 8)
 template <int N, bool ONE_POS>
