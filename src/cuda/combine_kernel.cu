@@ -154,6 +154,7 @@ __global__ void __launch_bounds__(COMBINE_THREADS, 1)
     const int64_t row0 = ((int64_t)c.first * p.heads_kv + c.kv_head) * p.rows + c.r;
     const float *base = p.partial_out + row0 * 512 + dim;
     const int m = c.bad_plan ? 0 : c.n; /* splits to read: none for a bad plan */
+    const uint64_t last_read = l2_policy_evict_first(); /* ptx.cuh: the partials' policies */
 
     /* the first round of partial rows goes out before the lse are reduced */
     float4 v[COMBINE_UNROLL] = {};
@@ -161,7 +162,7 @@ __global__ void __launch_bounds__(COMBINE_THREADS, 1)
     for (int u = 0; u < COMBINE_UNROLL; u++) {
         const int k = group + u * COMBINE_GROUPS;
         if (k < m)
-            v[u] = *(const float4 *)(base + k * row_stride * 512);
+            v[u] = ld_global_hint((const float4 *)(base + k * row_stride * 512), last_read);
     }
     /* lse of every split, its max, the weights exp(lse_k - max) and their sum */
     float local_max = -INFINITY;
@@ -196,7 +197,7 @@ __global__ void __launch_bounds__(COMBINE_THREADS, 1)
             for (int u = 0; u < COMBINE_UNROLL; u++) {
                 const int k = k0 + group + u * COMBINE_GROUPS;
                 if (k < m)
-                    v[u] = *(const float4 *)(base + k * row_stride * 512);
+                    v[u] = ld_global_hint((const float4 *)(base + k * row_stride * 512), last_read);
             }
         }
     }
@@ -247,14 +248,14 @@ __device__ __forceinline__ float warp_sum(float v)
 /* v[u] = this lane's 16 floats of split k + u, for the splits k + u < n */
 template <int UNROLL>
 __device__ __forceinline__ void warp_load_splits(float4 (*v)[4], const float *src,
-                                                 int64_t split_step, int k, int n)
+                                                 int64_t split_step, int k, int n, uint64_t policy)
 {
 #pragma unroll
     for (int u = 0; u < UNROLL; u++)
         if (k + u < n) {
 #pragma unroll
             for (int j = 0; j < 4; j++)
-                v[u][j] = *(const float4 *)(src + (k + u) * split_step + 128 * j);
+                v[u][j] = ld_global_hint((const float4 *)(src + (k + u) * split_step + 128 * j), policy);
         }
 }
 
@@ -270,8 +271,9 @@ __device__ __forceinline__ void combine_row_warp(const decode_params &p, const c
     const float *out_in = p.partial_out + row0 * 512 + lane * 4;
     const int m = c.bad_plan ? 0 : c.n; /* splits to read: none for a bad plan */
 
+    const uint64_t last_read = l2_policy_evict_first(); /* ptx.cuh: the partials' policies */
     float4 v[UNROLL][4]; /* splits k .. k + UNROLL - 1 */
-    warp_load_splits<UNROLL>(v, out_in, row_stride * 512, 0, m);
+    warp_load_splits<UNROLL>(v, out_in, row_stride * 512, 0, m, last_read);
     /* lse of splits lane, lane + 32, ...: the first chunk stays in a register */
     const float lse0 = lane < m ? lse_in[lane * row_stride] : -INFINITY;
     float lse_max = lse0;
@@ -307,7 +309,7 @@ __device__ __forceinline__ void combine_row_warp(const decode_params &p, const c
             k += UNROLL;
             if (k >= m)
                 break;
-            warp_load_splits<UNROLL>(v, out_in, row_stride * 512, k, m);
+            warp_load_splits<UNROLL>(v, out_in, row_stride * 512, k, m, last_read);
             if (k % 32 == 0) /* next chunk of 32 splits (n > 32) */
                 w = k + lane < m ? __expf(lse_in[(k + lane) * row_stride] - lse_max) : 0.f;
         }

@@ -402,6 +402,7 @@ __device__ __forceinline__ void store_o(const decode_params &p, int seq, int kv_
                                         const float *red, int r0, int dim0, int col_base)
 {
     constexpr int NH = N / 2; /* red: [2 warpgroups][4 warps][NH] partial row sums */
+    const uint64_t partial_policy = l2_policy_evict_last(); /* ptx.cuh: the partials' policies */
 #pragma unroll
     for (int c = 0; c < N / 4; c++) {
         const int nl = frag_col(c, col_base), n = r0 + nl;
@@ -430,8 +431,8 @@ __device__ __forceinline__ void store_o(const decode_params &p, int seq, int kv_
                 row[dim] = to_half_bits<FP16>(v0 * scale);
                 row[dim + 8] = to_half_bits<FP16>(v1 * scale);
             } else {
-                row[dim] = v0 * scale;
-                row[dim + 8] = v1 * scale;
+                st_global_hint((float *)row + dim, v0 * scale, partial_policy);
+                st_global_hint((float *)row + dim + 8, v1 * scale, partial_policy);
             }
         }
     }
@@ -775,9 +776,11 @@ __device__ __forceinline__ void store_o_rowm(const decode_params &p, int seq, in
                              ((uint32_t)to_half_bits<FP16>(o[4 * j + 2 * h + 1] * scale) << 16);
         } else {
             float2 *row = (float2 *)(p.partial_out + (part_row0 + n) * 512 + dim0);
+            const uint64_t partial_policy = l2_policy_evict_last(); /* ptx.cuh */
 #pragma unroll
             for (int j = 0; j < 32; j++)
-                row[4 * j] = make_float2(o[4 * j + 2 * h] * scale, o[4 * j + 2 * h + 1] * scale);
+                st_global_hint(row + 4 * j, make_float2(o[4 * j + 2 * h] * scale, o[4 * j + 2 * h + 1] * scale),
+                               partial_policy);
         }
     }
 }

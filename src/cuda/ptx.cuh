@@ -92,6 +92,33 @@ __device__ __forceinline__ uint64_t l2_policy_evict_first(void)
     asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
     return policy;
 }
+/* The fp32 partials are stored with evict_last, since the combine reads them back a few
+ * microseconds later and the cache stream (evict_first) would otherwise push them out to
+ * DRAM first, and read with evict_first, since nothing needs them after that. */
+__device__ __forceinline__ uint64_t l2_policy_evict_last(void)
+{
+    uint64_t policy;
+    asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
+    return policy;
+}
+__device__ __forceinline__ void st_global_hint(float *a, float v, uint64_t policy)
+{
+    asm volatile("st.global.L2::cache_hint.f32 [%0], %1, %2;" ::"l"(a), "f"(v), "l"(policy) : "memory");
+}
+__device__ __forceinline__ void st_global_hint(float2 *a, float2 v, uint64_t policy)
+{
+    asm volatile("st.global.L2::cache_hint.v2.f32 [%0], {%1, %2}, %3;" ::"l"(a), "f"(v.x), "f"(v.y), "l"(policy)
+                 : "memory");
+}
+__device__ __forceinline__ float4 ld_global_hint(const float4 *a, uint64_t policy)
+{
+    float4 v;
+    asm volatile("ld.global.L2::cache_hint.v4.f32 {%0, %1, %2, %3}, [%4], %5;"
+                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                 : "l"(a), "l"(policy)
+                 : "memory");
+    return v;
+}
 /* Loads the box at coordinates (c0 innermost .. c4) of a 5-D tensor map into shared
  * memory under the L2 policy `policy`; completion is signalled on `bar` as transaction
  * bytes. */
