@@ -34,7 +34,10 @@ enum {
     TRACE_T2_SOFTMAX = 41,    /* tile 2: softmax done */
     TRACE_T2_P_FULL = 42,     /* tile 2: P^T written by both warpgroups */
     TRACE_T2_PV_ISSUED = 43,  /* tile 2: PV product issued */
-    TRACE_SUMS = 44           /* the last epilogue's row sums exchanged */
+    TRACE_SUMS = 44,          /* the last epilogue's row sums exchanged */
+    TRACE_PROD_START = 45,    /* producer: its thread entered the copy loop (after setmaxnreg) */
+    TRACE_PROD_LEN = 46,      /* producer: the first sequence's length read */
+    TRACE_PROD_PAGE = 47      /* producer: the first tile's block-table entry read */
 };
 enum {
     TRACE_COMBINE_ENTRY = 0,
@@ -43,7 +46,10 @@ enum {
     TRACE_COMBINE_WEIGHTS = 3, /* the row's lse read, max and weight sum known */
     TRACE_COMBINE_MERGED = 4,  /* its partial rows read and merged, before the stores */
     TRACE_COMBINE_PROBE = 5,   /* a plan word read through L2 right after the wait arrived */
-    TRACE_COMBINE_SLOTS = 6
+    TRACE_COMBINE_LSE = 6,     /* thread 0: its first partial lse arrived */
+    TRACE_COMBINE_ROW = 7,     /* thread 0: its first partial row's values arrived */
+    TRACE_COMBINE_MAX = 8,     /* the row's lse maximum known */
+    TRACE_COMBINE_SLOTS = 9
 };
 
 #endif

@@ -1140,6 +1140,9 @@ static int print_trace(const case_result *x)
         [TRACE_T2_P_FULL] = "tile 2 P^T written",
         [TRACE_T2_PV_ISSUED] = "tile 2 PV issued",
         [TRACE_SUMS] = "last epilogue sums",
+        [TRACE_PROD_START] = "producer started",
+        [TRACE_PROD_LEN] = "first length read",
+        [TRACE_PROD_PAGE] = "first page entry read",
     };
     printf("\ntimeline  last call, %d CTAs of KV head 0; us from the first entry (mean, max)\n",
            ctas);
@@ -1190,7 +1193,7 @@ static int print_trace(const case_result *x)
                (double)(first - base) * 1e-3, (double)(wait - base) * 1e-3,
                (double)(last - base) * 1e-3);
     /* per merging CTA, from its own wait: weights known, rows merged, exit (mean, max) */
-    double sum[4] = {0}, mx[4] = {0};
+    double sum[7] = {0}, mx[7] = {0};
     int merged = 0;
     for (int i = 0; i < ETAP_TRACE_COMBINE_CTAS; i++) {
         const unsigned long long *c = ct[i];
@@ -1198,9 +1201,10 @@ static int print_trace(const case_result *x)
             c[TRACE_COMBINE_MERGED] < c[TRACE_COMBINE_DEP_WAIT] ||
             c[TRACE_COMBINE_MERGED] - c[TRACE_COMBINE_DEP_WAIT] >= window)
             continue;
-        const int slot[4] = {TRACE_COMBINE_WEIGHTS, TRACE_COMBINE_MERGED, TRACE_COMBINE_EXIT,
-                             TRACE_COMBINE_PROBE};
-        for (int k = 0; k < 4; k++) {
+        const int slot[7] = {TRACE_COMBINE_WEIGHTS, TRACE_COMBINE_MERGED, TRACE_COMBINE_EXIT,
+                             TRACE_COMBINE_PROBE, TRACE_COMBINE_LSE, TRACE_COMBINE_ROW,
+                             TRACE_COMBINE_MAX};
+        for (int k = 0; k < 7; k++) {
             const double d = (double)(c[slot[k]] - c[TRACE_COMBINE_DEP_WAIT]) * 1e-3;
             sum[k] += d;
             mx[k] = d > mx[k] ? d : mx[k];
@@ -1212,6 +1216,10 @@ static int print_trace(const case_result *x)
                "merged %.2f/%.2f, exit %.2f/%.2f; a plan word through L2 %.2f/%.2f\n",
                merged, sum[0] / merged, mx[0], sum[1] / merged, mx[1], sum[2] / merged, mx[2],
                sum[3] / merged, mx[3]);
+    if (merged)
+        printf("  combine, thread 0 from its CTA's wait: first lse arrived %.2f/%.2f, first "
+               "partial row arrived %.2f/%.2f, lse max known %.2f/%.2f\n",
+               sum[4] / merged, mx[4], sum[5] / merged, mx[5], sum[6] / merged, mx[6]);
     return 0;
 }
 

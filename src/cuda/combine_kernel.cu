@@ -170,7 +170,10 @@ __global__ void __launch_bounds__(COMBINE_THREADS, 1)
         weight[k] = p.partial_lse[row0 + k * row_stride];
         local_max = fmaxf(local_max, weight[k]);
     }
+    ETAP_TRACE_COMBINE_AFTER(TRACE_COMBINE_LSE, __float_as_int(local_max));
+    ETAP_TRACE_COMBINE_AFTER(TRACE_COMBINE_ROW, __float_as_int(v[0].x));
     const float lse_max = block_reduce(local_max, scratch, true);
+    ETAP_TRACE_COMBINE(TRACE_COMBINE_MAX);
     float local_sum = 0.f;
     for (int k = tid; k < m; k += COMBINE_THREADS) {
         weight[k] = lse_max == -INFINITY ? 0.f : __expf(weight[k] - lse_max);
@@ -217,13 +220,25 @@ __global__ void __launch_bounds__(COMBINE_THREADS, 1)
 }
 
 /* ---- warp per row: many sequences with few splits each ---------------------------------
- * One warp per (sequence, KV head, query row), 4 consecutive rows of the flattened index
- * (seq * h_kv + kv_head) * R + r per CTA, no shared memory and no CTA barrier. Lane l owns
+ * One warp per (sequence, KV head, query row), consecutive rows of the flattened index
+ * (seq * h_kv + kv_head) * R + r per CTA, no CTA barrier. Lane l owns
  * the dims 4l + 128j + {0..3}, j = 0..3 (a split's row: 4 coalesced float4 per lane). The
  * first UNROLL splits' rows are loaded together with the lse (lane k reads split k, k + 32,
  * ...); max and sum are shuffle reductions, and the splits are merged UNROLL at a time with
  * their weights broadcast from the lane that computed them. */
-#define COMBINE_WARP_ROWS 4   /* warps (rows) per CTA */
+#define COMBINE_WARP_ROWS 4   /* warps (rows) per CTA when the rows are not spread */
+/*
+ * Spreading the rows over the SMs. The combine grid is launched early (programmatic
+ * dependent launch), and its CTAs are placed as the split kernel's CTAs leave their SMs
+ * (a split CTA holds a whole SM's register file): the first SMs to be free took as many
+ * combine CTAs as their registers allowed (2 with UNROLL = 10, 4 with 4), so at b = 16 the
+ * 64 CTAs sat on ~32 SMs, each pulling ~150 KB of partials while the rest of the GPU
+ * idled (the combine took 2.3-2.8 us after its wait). So where the rows fit, the grid is
+ * one CTA per SM with ceil(rows / SMs) warps each, and every CTA asks for more than half
+ * an SM's shared memory (it uses none of it), which keeps a second one off its SM.
+ */
+#define COMBINE_SPREAD_SMEM (116 * 1024)
+__host__ __device__ constexpr int combine_warp_max_warps(int unroll) { return unroll >= 10 ? 8 : 16; }
 /* The warp kernel runs when num_workers <= 16 x batch; with UNROLL = 10 splits' loads in
  * flight when num_workers >= 4 x batch (5 or more splits per sequence on average: b = 16
  * has 9-10, so one round of loads; 8 took two there, 0.6-0.7 us slower at b = 16 4K /
@@ -279,7 +294,10 @@ __device__ __forceinline__ void combine_row_warp(const decode_params &p, const c
     float lse_max = lse0;
     for (int k = lane + 32; k < m; k += 32)
         lse_max = fmaxf(lse_max, lse_in[k * row_stride]);
+    ETAP_TRACE_COMBINE_AFTER(TRACE_COMBINE_LSE, __float_as_int(lse_max));
+    ETAP_TRACE_COMBINE_AFTER(TRACE_COMBINE_ROW, __float_as_int(v[0][0].x));
     lse_max = warp_max(lse_max);
+    ETAP_TRACE_COMBINE(TRACE_COMBINE_MAX);
     /* all -inf (or no split): every weight 0, not exp(nan) */
     const float w0 = lse_max == -INFINITY ? 0.f : __expf(lse0 - lse_max);
     float wsum = w0;
@@ -318,13 +336,13 @@ __device__ __forceinline__ void combine_row_warp(const decode_params &p, const c
     write_row<FP16, 4>(p, c, lane * 4, acc, lse_max, wsum, lane == 0);
 }
 
-/* 1-D grid of ceil(b * h_kv * R / 4) CTAs; a warp past the end does nothing. */
+/* 1-D grid, blockDim.x / 32 rows per CTA; a warp past the end does nothing. */
 template <int FP16, int UNROLL>
-__global__ void __launch_bounds__(COMBINE_WARP_ROWS * 32)
+__global__ void __launch_bounds__(combine_warp_max_warps(UNROLL) * 32)
     etap_combine_warp_kernel(const decode_params p)
 {
     ETAP_TRACE_COMBINE(TRACE_COMBINE_ENTRY);
-    const int64_t idx = (int64_t)blockIdx.x * COMBINE_WARP_ROWS + threadIdx.x / 32;
+    const int64_t idx = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     const bool live = idx < (int64_t)p.batch * p.heads_kv * p.rows;
     /* 32-bit division where the index fits (always in practice: 64-bit division is a long
      * subroutine on the way to the first load); b * h_kv fits in int */
@@ -350,10 +368,16 @@ cudaError_t etap_launch_combine(const decode_params &p, int fp16, cudaStream_t s
     if (p.num_workers <= COMBINE_WARP_RATIO * p.batch) {
         /* splits <= batch + num_workers: at most ~17 per sequence on average */
         const int64_t warps = (int64_t)p.batch * p.heads_kv * p.rows;
+        const bool unroll10 = p.num_workers >= COMBINE_WARP_RATIO_UNROLL10 * p.batch;
+        /* the split kernel's workers: one per SM and KV head (etap_cuda_num_workers) */
+        const int64_t sms = (int64_t)p.num_workers * p.heads_kv;
+        const int64_t per_sm = (warps + sms - 1) / sms;
+        const bool spread = per_sm <= combine_warp_max_warps(unroll10 ? 10 : 4);
+        const int per_cta = spread ? (int)per_sm : COMBINE_WARP_ROWS;
         const cudaLaunchConfig_t config =
-            pdl_launch_config(dim3((unsigned)((warps + COMBINE_WARP_ROWS - 1) / COMBINE_WARP_ROWS)),
-                              dim3(COMBINE_WARP_ROWS * 32), 0, stream, &attr);
-        if (p.num_workers >= COMBINE_WARP_RATIO_UNROLL10 * p.batch)
+            pdl_launch_config(dim3((unsigned)((warps + per_cta - 1) / per_cta)), dim3(per_cta * 32),
+                              spread ? COMBINE_SPREAD_SMEM : 0, stream, &attr);
+        if (unroll10)
             return fp16 ? cudaLaunchKernelEx(&config, etap_combine_warp_kernel<1, 10>, p)
                         : cudaLaunchKernelEx(&config, etap_combine_warp_kernel<0, 10>, p);
         return fp16 ? cudaLaunchKernelEx(&config, etap_combine_warp_kernel<1, 4>, p)
@@ -365,4 +389,16 @@ cudaError_t etap_launch_combine(const decode_params &p, int fp16, cudaStream_t s
                           dim3(COMBINE_THREADS), 0, stream, &attr);
     return fp16 ? cudaLaunchKernelEx(&config, etap_combine_kernel<1>, p)
                 : cudaLaunchKernelEx(&config, etap_combine_kernel<0>, p);
+}
+
+cudaError_t etap_combine_set_attributes(void)
+{
+    cudaError_t err = cudaSuccess;
+#define SET_ATTR(f, u)                                                                      \
+    if (err == cudaSuccess)                                                                 \
+        err = cudaFuncSetAttribute(etap_combine_warp_kernel<f, u>,                          \
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize, COMBINE_SPREAD_SMEM);
+    SET_ATTR(0, 4) SET_ATTR(1, 4) SET_ATTR(0, 10) SET_ATTR(1, 10)
+#undef SET_ATTR
+    return err;
 }

@@ -104,6 +104,10 @@ extern "C" etap_status etap_cuda_create(struct etap_handle_s *h)
         err = etap_sm90_set_attributes();
     }
     if (err == cudaSuccess) {
+        what = "raising the combine kernel's shared-memory limit";
+        err = etap_combine_set_attributes();
+    }
+    if (err == cudaSuccess) {
         what = "raising the plan kernel's shared-memory limit";
         err = etap_plan_set_attributes(etap_plan_kernel_smem_bytes(data->max_plan_batch));
     }

@@ -63,6 +63,7 @@ cudaError_t etap_sm90_launch_decode(const decode_params &p, const CUtensorMap &k
                                     int fp16, cudaStream_t stream);
 /* combine_kernel.cu */
 cudaError_t etap_launch_combine(const decode_params &p, int fp16, cudaStream_t stream);
+cudaError_t etap_combine_set_attributes(void);
 /* plan_kernel.cu */
 cudaError_t etap_launch_plan(const int32_t *seqlens, int32_t *plan, int32_t batch,
                              int32_t num_workers, int32_t max_len, cudaStream_t stream);

@@ -357,6 +357,7 @@ __device__ __forceinline__ void produce(const CUtensorMap &kv_map, const decode_
     /* The cache is read once per call: its lines go first, so the plan, the block table,
      * the lengths, Q and the partials stay in L2 from one call to the next. */
     const uint64_t policy = l2_policy_evict_first();
+    ETAP_TRACE_SPLIT(TRACE_PROD_START, true);
     int it = 0;
     for (int seq = wr.first_seq; seq <= wr.last_seq; seq++) {
         const int32_t *pages = p.block_table + (int64_t)seq * p.block_table_stride;
@@ -366,6 +367,8 @@ __device__ __forceinline__ void produce(const CUtensorMap &kv_map, const decode_
         int32_t next_page = pages[min((int)((uint32_t)first / tpp), last_page)];
         int t0, t1;
         seq_tiles(wr, seq, p.seqlens[seq], p.max_len, &t0, &t1);
+        ETAP_TRACE_SPLIT_AFTER(TRACE_PROD_LEN, it == 0, t1);
+        ETAP_TRACE_SPLIT_AFTER(TRACE_PROD_PAGE, it == 0, next_page);
         for (int t = t0; t < t1; t++, it++) {
             const int s = it % KV_STAGES;
             const int32_t page = next_page;

@@ -36,6 +36,19 @@ __device__ __forceinline__ unsigned smid(void)
         if ((cond) && blockIdx.y == 0 && blockIdx.x < ETAP_TRACE_CTAS)                  \
             etap_trace_split[blockIdx.x][(slot)] = (v);                                     \
     } while (0)
+/* stamps once the loaded 32-bit value v is in a register: a branch on it (that never
+ * traps) comes first, so the clock is not read before the load has returned */
+__device__ __forceinline__ void trace_wait_for(int v)
+{
+    asm volatile("{ .reg .pred p; setp.eq.s32 p, %0, 0x7eadbeef; @p trap; }" ::"r"(v));
+}
+#define ETAP_TRACE_SPLIT_AFTER(slot, cond, v)                                               \
+    do {                                                                                    \
+        if ((cond) && blockIdx.y == 0 && blockIdx.x < ETAP_TRACE_CTAS) {                    \
+            trace_wait_for((int)(v));                                                       \
+            etap_trace_split[blockIdx.x][(slot)] = trace_now();                             \
+        }                                                                                   \
+    } while (0)
 /* a tile's PV is done: its own slot, the last tile's, and the tile count */
 #define ETAP_TRACE_TILE_DONE(it, first_thread)                                              \
     do {                                                                                    \
@@ -49,15 +62,22 @@ __device__ __forceinline__ unsigned smid(void)
         if (threadIdx.x == 0 && cta < ETAP_TRACE_COMBINE_CTAS)                              \
             etap_trace_combine[cta][(slot)] = trace_now();                                  \
     } while (0)
+#define ETAP_TRACE_COMBINE_AFTER(slot, v)                                                   \
+    do {                                                                                    \
+        const unsigned cta = blockIdx.y * gridDim.x + blockIdx.x;                           \
+        if (threadIdx.x == 0 && cta < ETAP_TRACE_COMBINE_CTAS) {                            \
+            trace_wait_for((int)(v));                                                       \
+            etap_trace_combine[cta][(slot)] = trace_now();                                  \
+        }                                                                                   \
+    } while (0)
 /* thread 32 (warp 1) reads one word (ld.global.cg) right after the wait and stamps its
- * arrival, without holding up thread 0's stamps: how long one read of a line that no
+ * arrival (before session 10 the stamp did not wait for the load, and read ~0.01 us), without holding up thread 0's stamps: how long one read of a line that no
  * kernel just wrote takes at that moment, to within %globaltimer's resolution */
 #define ETAP_TRACE_COMBINE_PROBE(word_ptr)                                                  \
     do {                                                                                    \
         const unsigned cta = blockIdx.y * gridDim.x + blockIdx.x;                           \
         if (threadIdx.x == 32 && cta < ETAP_TRACE_COMBINE_CTAS) {                           \
-            const int probe_word = __ldcg(word_ptr);                                        \
-            asm volatile("" ::"r"(probe_word));                                             \
+            trace_wait_for(__ldcg(word_ptr));                                               \
             etap_trace_combine[cta][TRACE_COMBINE_PROBE] = trace_now();                     \
         }                                                                                   \
     } while (0)
@@ -65,6 +85,8 @@ __device__ __forceinline__ unsigned smid(void)
 #define ETAP_TRACE_COMBINE_PROBE(word_ptr) ((void)0)
 #define ETAP_TRACE_SPLIT(slot, cond) ((void)0)
 #define ETAP_TRACE_SPLIT_VALUE(slot, cond, v) ((void)0)
+#define ETAP_TRACE_SPLIT_AFTER(slot, cond, v) ((void)0)
 #define ETAP_TRACE_COMBINE(slot) ((void)0)
+#define ETAP_TRACE_COMBINE_AFTER(slot, v) ((void)0)
 #define ETAP_TRACE_TILE_DONE(it, first_thread) ((void)0)
 #endif
