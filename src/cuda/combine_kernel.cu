@@ -9,9 +9,9 @@
  *   b = 1, 4 x 4 loads in flight per row ~10 us).
  * - etap_combine_warp_kernel, for more sequences with fewer splits each (num_workers <= 16 b,
  *   so at most ~17 splits per sequence on average, as splits <= b + num_workers): one warp
- *   per row, 128-thread CTAs, shuffle reductions and no CTA barrier (the block kernel's
- *   waves of 512-thread CTAs, each a chain of loads and barriers, took ~8 us at b = 64),
- *   4 or 10 splits' loads in flight.
+ *   per row, shuffle reductions and no CTA barrier (the block kernel's waves of 512-thread
+ *   CTAs, each a chain of loads and barriers, took ~8 us at b = 64), 4 or 10 splits' loads
+ *   in flight; the rows spread one CTA per SM where they fit (below: why).
  * For a row with splits k = 0..n-1 (partial out O_k already normalised by its own sum,
  * partial lse L_k = log sum_k exp):   L = log sum_k exp(L_k),  out = sum_k exp(L_k - L) O_k.
  * Sequences with one split were finished by the split kernel; sequences with none get
