@@ -62,25 +62,21 @@ __device__ __forceinline__ void trace_wait_for(int v)
         if (threadIdx.x == 0 && cta < ETAP_TRACE_COMBINE_CTAS)                              \
             etap_trace_combine[cta][(slot)] = trace_now();                                  \
     } while (0)
-#define ETAP_TRACE_COMBINE_AFTER(slot, v)                                                   \
+/* thread `thread` stamps `slot` once the 32-bit value v is in its register */
+#define ETAP_TRACE_COMBINE_AT(thread, slot, v)                                              \
     do {                                                                                    \
         const unsigned cta = blockIdx.y * gridDim.x + blockIdx.x;                           \
-        if (threadIdx.x == 0 && cta < ETAP_TRACE_COMBINE_CTAS) {                            \
+        if (threadIdx.x == (thread) && cta < ETAP_TRACE_COMBINE_CTAS) {                     \
             trace_wait_for((int)(v));                                                       \
             etap_trace_combine[cta][(slot)] = trace_now();                                  \
         }                                                                                   \
     } while (0)
+#define ETAP_TRACE_COMBINE_AFTER(slot, v) ETAP_TRACE_COMBINE_AT(0, slot, v)
 /* thread 32 (warp 1) reads one word (ld.global.cg) right after the wait and stamps its
- * arrival (before session 10 the stamp did not wait for the load, and read ~0.01 us), without holding up thread 0's stamps: how long one read of a line that no
- * kernel just wrote takes at that moment, to within %globaltimer's resolution */
-#define ETAP_TRACE_COMBINE_PROBE(word_ptr)                                                  \
-    do {                                                                                    \
-        const unsigned cta = blockIdx.y * gridDim.x + blockIdx.x;                           \
-        if (threadIdx.x == 32 && cta < ETAP_TRACE_COMBINE_CTAS) {                           \
-            trace_wait_for(__ldcg(word_ptr));                                               \
-            etap_trace_combine[cta][TRACE_COMBINE_PROBE] = trace_now();                     \
-        }                                                                                   \
-    } while (0)
+ * arrival, without holding up thread 0's stamps: how long one read of a line that no kernel
+ * just wrote takes at that moment (before session 10 the stamp did not wait for the load,
+ * and read ~0.01 us) */
+#define ETAP_TRACE_COMBINE_PROBE(word_ptr) ETAP_TRACE_COMBINE_AT(32, TRACE_COMBINE_PROBE, __ldcg(word_ptr))
 #else
 #define ETAP_TRACE_COMBINE_PROBE(word_ptr) ((void)0)
 #define ETAP_TRACE_SPLIT(slot, cond) ((void)0)
