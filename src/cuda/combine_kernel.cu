@@ -5,8 +5,9 @@
  * - etap_combine_kernel, for few sequences with many splits each (num_workers > 16 b):
  *   one 512-thread CTA per (sequence, KV head, query row, 128 of the 512 dims): at b = 1
  *   4R CTAs share the rows of one sequence, and inside a CTA the splits are spread over 16
- *   warps with 9 loads in flight each (a dependent walk over 129 splits cost ~30 us at
- *   b = 1, 4 x 4 loads in flight per row ~10 us).
+ *   warps with 9 loads in flight each, 2 for rows of <= 32 splits (a dependent walk over
+ *   129 splits cost ~30 us at b = 1, 4 x 4 loads in flight per row ~10 us); every warp
+ *   reduces the row's lse itself, so the one CTA barrier is the final sum.
  * - etap_combine_warp_kernel, for more sequences with fewer splits each (num_workers <= 16 b,
  *   so at most ~17 splits per sequence on average, as splits <= b + num_workers): one warp
  *   per row, shuffle reductions and no CTA barrier (the block kernel's waves of 512-thread
@@ -47,13 +48,17 @@ extern "C" __attribute__((visibility("default"))) int etap_debug_combine_trace_c
  * with UNROLL loads in flight, lane l owning the chunk's dims 4l .. 4l + 3; then the warps
  * add up. At b = 1 a row has up to ~130 splits: 4 CTAs per row and 144 splits' loads in
  * flight per CTA (the previous one CTA per row of 4 x 128 threads walked 8 dependent
- * rounds of loads: 10 us of combine at b = 1 16K). */
+ * rounds of loads: 10 us of combine at b = 1 16K). Every warp reduces all the row's lse
+ * itself (shuffles), so the only CTA barrier is the final sum: the CTA-wide max and sum
+ * through shared memory took ~0.6 us after the lse had arrived. */
 #define COMBINE_GROUPS 16
 #define COMBINE_THREADS (COMBINE_GROUPS * 32)
 #define COMBINE_CHUNK_DIMS 128
 #define COMBINE_CHUNKS (512 / COMBINE_CHUNK_DIMS)
+#ifndef COMBINE_UNROLL /* a test build sets it lower to run the later rounds (docs/testing.md) */
 #define COMBINE_UNROLL 9 /* 144 splits per round: one round up to 143 workers */
-#define COMBINE_MAX_SPLITS 2048 /* per sequence: at most num_workers + 1 <= SMs + 1 */
+#endif
+static_assert(COMBINE_GROUPS == 16, "round 0 finds split g + 16u in lane g + 16 (u % 2) of w0[u / 2]");
 
 template <int FP16> __device__ __forceinline__ uint2 pack4(float a, float b, float c, float d);
 template <> __device__ __forceinline__ uint2 pack4<0>(float a, float b, float c, float d)
@@ -67,20 +72,16 @@ template <> __device__ __forceinline__ uint2 pack4<1>(float a, float b, float c,
     return make_uint2(*(uint32_t *)&lo, *(uint32_t *)&hi);
 }
 
-__device__ __forceinline__ float block_reduce(float v, float *scratch, bool is_max)
+__device__ __forceinline__ float warp_max(float v)
 {
-    for (int d = 16; d > 0; d /= 2) {
-        const float o = __shfl_xor_sync(0xffffffffu, v, d);
-        v = is_max ? fmaxf(v, o) : v + o;
-    }
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    __syncthreads(); /* scratch may still be read by a previous reduction */
-    if (lane == 0)
-        scratch[warp] = v;
-    __syncthreads();
-    v = scratch[0];
-    for (int w = 1; w < COMBINE_THREADS / 32; w++)
-        v = is_max ? fmaxf(v, scratch[w]) : v + scratch[w];
+    for (int d = 16; d > 0; d /= 2)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, d));
+    return v;
+}
+__device__ __forceinline__ float warp_sum(float v)
+{
+    for (int d = 16; d > 0; d /= 2)
+        v += __shfl_xor_sync(0xffffffffu, v, d);
     return v;
 }
 
@@ -127,80 +128,81 @@ __device__ __forceinline__ void write_row(const decode_params &p, const combine_
             c.bad_plan ? NAN : good ? lse_max + logf(wsum) : INFINITY;
 }
 
-/* Grid (b * h_kv * R, COMBINE_CHUNKS). */
-template <int FP16>
-__global__ void __launch_bounds__(COMBINE_THREADS, 1)
-    etap_combine_kernel(const decode_params p)
+/* The CTA's chunk of one row, merged from its m splits (m > 0 unless the plan is bad),
+ * UNROLL splits' loads in flight per warp: 16 UNROLL splits per round. */
+template <int FP16, int UNROLL>
+__device__ __forceinline__ void combine_chunk(const decode_params &p, const combine_row_info &c, int m,
+                                              float4 (&group_acc)[COMBINE_GROUPS - 1][32])
 {
-    __shared__ float weight[COMBINE_MAX_SPLITS];
-    __shared__ float4 group_acc[COMBINE_GROUPS - 1][32];
-    __shared__ float scratch[COMBINE_THREADS / 32];
-    ETAP_TRACE_COMBINE(TRACE_COMBINE_ENTRY);
-    const int seq_kv = (int)(blockIdx.x / (unsigned)p.rows);
-    const combine_row_info c = combine_row_info_of(p, seq_kv, (int)(blockIdx.x - (unsigned)seq_kv * p.rows));
-    /* launched early (programmatic dependent launch): the split kernel's partials and its
-     * direct outputs are only read after this */
-    grid_dependency_wait();
-    ETAP_TRACE_COMBINE(TRACE_COMBINE_DEP_WAIT);
-    grid_dependents_launch(); /* the next decode call's split kernel may start launching */
-    ETAP_TRACE_COMBINE_PROBE(p.plan + ETAP_PLAN_H_MAGIC);
-    if (c.n == 1 && !c.bad_plan) {
-        ETAP_TRACE_COMBINE(TRACE_COMBINE_EXIT);
-        return; /* the split kernel wrote this row */
-    }
+    constexpr int LSE_REGS = (UNROLL * COMBINE_GROUPS + 31) / 32; /* lse per lane, round 0 */
     const int tid = threadIdx.x, group = tid / 32, lane = tid % 32;
     const int dim = blockIdx.y * COMBINE_CHUNK_DIMS + lane * 4;
     const int64_t row_stride = (int64_t)p.heads_kv * p.rows; /* between splits */
     const int64_t row0 = ((int64_t)c.first * p.heads_kv + c.kv_head) * p.rows + c.r;
     const float *base = p.partial_out + row0 * 512 + dim;
-    const int m = c.bad_plan ? 0 : c.n; /* splits to read: none for a bad plan */
+    const float *lse_in = p.partial_lse + row0;
     const uint64_t last_read = l2_policy_evict_first(); /* ptx.cuh: the partials' policies */
 
     /* the first round of partial rows goes out before the lse are reduced */
-    float4 v[COMBINE_UNROLL] = {};
+    float4 v[UNROLL] = {};
 #pragma unroll
-    for (int u = 0; u < COMBINE_UNROLL; u++) {
+    for (int u = 0; u < UNROLL; u++) {
         const int k = group + u * COMBINE_GROUPS;
         if (k < m)
             v[u] = ld_global_hint((const float4 *)(base + k * row_stride * 512), last_read);
     }
-    /* lse of every split, its max, the weights exp(lse_k - max) and their sum */
-    float local_max = -INFINITY;
-    for (int k = tid; k < m; k += COMBINE_THREADS) {
-        weight[k] = p.partial_lse[row0 + k * row_stride];
-        local_max = fmaxf(local_max, weight[k]);
+    /* lse of every split (lane l: splits l + 32j, the first round's in registers), their
+     * max, the weights exp(lse_k - max) and their sum, in every warp */
+    float w0[LSE_REGS];
+    float lse_max = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < LSE_REGS; j++) {
+        w0[j] = lane + 32 * j < m ? lse_in[(lane + 32 * j) * row_stride] : -INFINITY;
+        lse_max = fmaxf(lse_max, w0[j]);
     }
-    ETAP_TRACE_COMBINE_AFTER(TRACE_COMBINE_LSE, __float_as_int(local_max));
+    for (int k = lane + 32 * LSE_REGS; k < m; k += 32)
+        lse_max = fmaxf(lse_max, lse_in[k * row_stride]);
+    ETAP_TRACE_COMBINE_AFTER(TRACE_COMBINE_LSE, __float_as_int(lse_max));
     ETAP_TRACE_COMBINE_AFTER(TRACE_COMBINE_ROW, __float_as_int(v[0].x));
-    const float lse_max = block_reduce(local_max, scratch, true);
+    lse_max = warp_max(lse_max);
     ETAP_TRACE_COMBINE(TRACE_COMBINE_MAX);
-    float local_sum = 0.f;
-    for (int k = tid; k < m; k += COMBINE_THREADS) {
-        weight[k] = lse_max == -INFINITY ? 0.f : __expf(weight[k] - lse_max);
-        local_sum += weight[k];
+    /* all -inf (or no split): every weight 0, not exp(nan) */
+    const bool none = lse_max == -INFINITY;
+    float wsum = 0.f;
+#pragma unroll
+    for (int j = 0; j < LSE_REGS; j++) {
+        w0[j] = none ? 0.f : __expf(w0[j] - lse_max);
+        wsum += w0[j];
     }
-    const float wsum = block_reduce(local_sum, scratch, false); /* also orders weight[] */
+    for (int k = lane + 32 * LSE_REGS; k < m; k += 32)
+        wsum += none ? 0.f : __expf(lse_in[k * row_stride] - lse_max);
+    wsum = warp_sum(wsum);
     ETAP_TRACE_COMBINE(TRACE_COMBINE_WEIGHTS);
 
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (wsum > 0.f) {
-        for (int k0 = 0;;) {
+    if (wsum > 0.f) { /* warp-uniform, as m, lse_max and every k below */
+        /* round 0: split group + 16u is lane group + 16 (u % 2) of w0[u / 2] */
 #pragma unroll
-            for (int u = 0; u < COMBINE_UNROLL; u++) {
-                const int k = k0 + group + u * COMBINE_GROUPS;
-                if (k < m) {
-                    const float w = weight[k];
-                    acc.x += w * v[u].x, acc.y += w * v[u].y, acc.z += w * v[u].z, acc.w += w * v[u].w;
-                }
-            }
-            k0 += COMBINE_UNROLL * COMBINE_GROUPS;
-            if (k0 >= m)
-                break;
+        for (int u = 0; u < UNROLL; u++) {
+            const float w = __shfl_sync(0xffffffffu, w0[u / 2], group + 16 * (u % 2));
+            if (group + u * COMBINE_GROUPS < m)
+                acc.x += w * v[u].x, acc.y += w * v[u].y, acc.z += w * v[u].z, acc.w += w * v[u].w;
+        }
+        /* further rounds (more than 16 UNROLL splits), weights from the lse again */
+        for (int k0 = UNROLL * COMBINE_GROUPS; k0 < m; k0 += UNROLL * COMBINE_GROUPS) {
 #pragma unroll
-            for (int u = 0; u < COMBINE_UNROLL; u++) {
+            for (int u = 0; u < UNROLL; u++) {
                 const int k = k0 + group + u * COMBINE_GROUPS;
                 if (k < m)
                     v[u] = ld_global_hint((const float4 *)(base + k * row_stride * 512), last_read);
+            }
+#pragma unroll
+            for (int u = 0; u < UNROLL; u++) {
+                const int k = k0 + group + u * COMBINE_GROUPS;
+                if (k < m) {
+                    const float w = __expf(lse_in[k * row_stride] - lse_max);
+                    acc.x += w * v[u].x, acc.y += w * v[u].y, acc.z += w * v[u].z, acc.w += w * v[u].w;
+                }
             }
         }
     }
@@ -216,6 +218,34 @@ __global__ void __launch_bounds__(COMBINE_THREADS, 1)
         ETAP_TRACE_COMBINE(TRACE_COMBINE_MERGED);
         write_row<FP16, 1>(p, c, dim, out4, lse_max, wsum, blockIdx.y == 0 && lane == 0);
     }
+}
+
+/* Grid (b * h_kv * R, COMBINE_CHUNKS). A row with few splits takes the UNROLL = 2 path
+ * (one round up to 32 splits): at b = 1 1K (16 splits) it made the call 0.5 us faster than
+ * the 9-load path, whose loads were all but one predicated off. */
+template <int FP16>
+__global__ void __launch_bounds__(COMBINE_THREADS, 1)
+    etap_combine_kernel(const decode_params p)
+{
+    __shared__ float4 group_acc[COMBINE_GROUPS - 1][32];
+    ETAP_TRACE_COMBINE(TRACE_COMBINE_ENTRY);
+    const int seq_kv = (int)(blockIdx.x / (unsigned)p.rows);
+    const combine_row_info c = combine_row_info_of(p, seq_kv, (int)(blockIdx.x - (unsigned)seq_kv * p.rows));
+    /* launched early (programmatic dependent launch): the split kernel's partials and its
+     * direct outputs are only read after this */
+    grid_dependency_wait();
+    ETAP_TRACE_COMBINE(TRACE_COMBINE_DEP_WAIT);
+    grid_dependents_launch(); /* the next decode call's split kernel may start launching */
+    ETAP_TRACE_COMBINE_PROBE(p.plan + ETAP_PLAN_H_MAGIC);
+    if (c.n == 1 && !c.bad_plan) {
+        ETAP_TRACE_COMBINE(TRACE_COMBINE_EXIT);
+        return; /* the split kernel wrote this row */
+    }
+    const int m = c.bad_plan ? 0 : c.n; /* splits to read: none for a bad plan */
+    if (m <= 2 * COMBINE_GROUPS) /* CTA-uniform */
+        combine_chunk<FP16, 2>(p, c, m, group_acc);
+    else
+        combine_chunk<FP16, COMBINE_UNROLL>(p, c, m, group_acc);
     ETAP_TRACE_COMBINE(TRACE_COMBINE_EXIT);
 }
 
@@ -246,19 +276,6 @@ __host__ __device__ constexpr int combine_warp_max_warps(int unroll) { return un
  * 8 was 1 us slower at b = 128). */
 #define COMBINE_WARP_RATIO 16
 #define COMBINE_WARP_RATIO_UNROLL10 4
-
-__device__ __forceinline__ float warp_max(float v)
-{
-    for (int d = 16; d > 0; d /= 2)
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, d));
-    return v;
-}
-__device__ __forceinline__ float warp_sum(float v)
-{
-    for (int d = 16; d > 0; d /= 2)
-        v += __shfl_xor_sync(0xffffffffu, v, d);
-    return v;
-}
 
 /* v[u] = this lane's 16 floats of split k + u, for the splits k + u < n */
 template <int UNROLL>
