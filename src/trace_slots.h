@@ -18,7 +18,7 @@
 enum {
     TRACE_ENTRY = 0,
     TRACE_DEP_WAIT = 1,       /* griddepcontrol.wait returned */
-    TRACE_PLAN = 2,           /* worker record read, __syncthreads passed */
+    TRACE_PLAN = 2,           /* plan status checked after the wait (record read before it) */
     TRACE_EXIT = 3,
     TRACE_Q_READY = 4,        /* the first sequence's Q landed */
     TRACE_TILE_FULL = 5,      /* + 2k: tile k landed (the consumers' wait returned) */
