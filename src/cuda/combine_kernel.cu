@@ -85,6 +85,47 @@ __device__ __forceinline__ float warp_sum(float v)
     return v;
 }
 
+/* acc += w * v */
+__device__ __forceinline__ void axpy4(float4 &acc, float w, const float4 &v)
+{
+    acc.x += w * v.x, acc.y += w * v.y, acc.z += w * v.z, acc.w += w * v.w;
+}
+
+/* The max and the weight sum of a row's m split lse (lse_in[k * stride]), reduced over the
+ * warp: lane l reads the splits l + 32j; the weights exp(lse - max) of the first REGS chunks
+ * stay in w[j] (0 past m, and all 0 when no split has a finite lse: not exp(nan)), later
+ * chunks are read again. row_value (a partial row value that has arrived) only times the
+ * trace's stamps. */
+template <int REGS>
+__device__ __forceinline__ void warp_lse_weights(const float *lse_in, int64_t stride, int m, int lane,
+                                                 float row_value, float (&w)[REGS], float &lse_max,
+                                                 float &wsum)
+{
+    lse_max = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < REGS; j++) {
+        w[j] = lane + 32 * j < m ? lse_in[(lane + 32 * j) * stride] : -INFINITY;
+        lse_max = fmaxf(lse_max, w[j]);
+    }
+    for (int k = lane + 32 * REGS; k < m; k += 32)
+        lse_max = fmaxf(lse_max, lse_in[k * stride]);
+    ETAP_TRACE_COMBINE_AFTER(TRACE_COMBINE_LSE, __float_as_int(lse_max));
+    ETAP_TRACE_COMBINE_AFTER(TRACE_COMBINE_ROW, __float_as_int(row_value));
+    lse_max = warp_max(lse_max);
+    ETAP_TRACE_COMBINE(TRACE_COMBINE_MAX);
+    const bool none = lse_max == -INFINITY;
+    wsum = 0.f;
+#pragma unroll
+    for (int j = 0; j < REGS; j++) {
+        w[j] = none ? 0.f : __expf(w[j] - lse_max);
+        wsum += w[j];
+    }
+    for (int k = lane + 32 * REGS; k < m; k += 32)
+        wsum += none ? 0.f : __expf(lse_in[k * stride] - lse_max);
+    wsum = warp_sum(wsum);
+    ETAP_TRACE_COMBINE(TRACE_COMBINE_WEIGHTS);
+}
+
 /* What a combine row needs from the plan and the lengths. These were written before the
  * split kernel passed its own griddepcontrol.wait (by the plan kernel or the caller), and
  * this grid starts only after every split CTA has passed it, so they are read before this
@@ -151,33 +192,9 @@ __device__ __forceinline__ void combine_chunk(const decode_params &p, const comb
         if (k < m)
             v[u] = ld_global_hint((const float4 *)(base + k * row_stride * 512), last_read);
     }
-    /* lse of every split (lane l: splits l + 32j, the first round's in registers), their
-     * max, the weights exp(lse_k - max) and their sum, in every warp */
-    float w0[LSE_REGS];
-    float lse_max = -INFINITY;
-#pragma unroll
-    for (int j = 0; j < LSE_REGS; j++) {
-        w0[j] = lane + 32 * j < m ? lse_in[(lane + 32 * j) * row_stride] : -INFINITY;
-        lse_max = fmaxf(lse_max, w0[j]);
-    }
-    for (int k = lane + 32 * LSE_REGS; k < m; k += 32)
-        lse_max = fmaxf(lse_max, lse_in[k * row_stride]);
-    ETAP_TRACE_COMBINE_AFTER(TRACE_COMBINE_LSE, __float_as_int(lse_max));
-    ETAP_TRACE_COMBINE_AFTER(TRACE_COMBINE_ROW, __float_as_int(v[0].x));
-    lse_max = warp_max(lse_max);
-    ETAP_TRACE_COMBINE(TRACE_COMBINE_MAX);
-    /* all -inf (or no split): every weight 0, not exp(nan) */
-    const bool none = lse_max == -INFINITY;
-    float wsum = 0.f;
-#pragma unroll
-    for (int j = 0; j < LSE_REGS; j++) {
-        w0[j] = none ? 0.f : __expf(w0[j] - lse_max);
-        wsum += w0[j];
-    }
-    for (int k = lane + 32 * LSE_REGS; k < m; k += 32)
-        wsum += none ? 0.f : __expf(lse_in[k * row_stride] - lse_max);
-    wsum = warp_sum(wsum);
-    ETAP_TRACE_COMBINE(TRACE_COMBINE_WEIGHTS);
+    /* lse max, weights and their sum in every warp (round 0's weights in registers) */
+    float w0[LSE_REGS], lse_max, wsum;
+    warp_lse_weights<LSE_REGS>(lse_in, row_stride, m, lane, v[0].x, w0, lse_max, wsum);
 
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
     if (wsum > 0.f) { /* warp-uniform, as m, lse_max and every k below */
@@ -186,7 +203,7 @@ __device__ __forceinline__ void combine_chunk(const decode_params &p, const comb
         for (int u = 0; u < UNROLL; u++) {
             const float w = __shfl_sync(0xffffffffu, w0[u / 2], group + 16 * (u % 2));
             if (group + u * COMBINE_GROUPS < m)
-                acc.x += w * v[u].x, acc.y += w * v[u].y, acc.z += w * v[u].z, acc.w += w * v[u].w;
+                axpy4(acc, w, v[u]);
         }
         /* further rounds (more than 16 UNROLL splits), weights from the lse again */
         for (int k0 = UNROLL * COMBINE_GROUPS; k0 < m; k0 += UNROLL * COMBINE_GROUPS) {
@@ -199,10 +216,8 @@ __device__ __forceinline__ void combine_chunk(const decode_params &p, const comb
 #pragma unroll
             for (int u = 0; u < UNROLL; u++) {
                 const int k = k0 + group + u * COMBINE_GROUPS;
-                if (k < m) {
-                    const float w = __expf(lse_in[k * row_stride] - lse_max);
-                    acc.x += w * v[u].x, acc.y += w * v[u].y, acc.z += w * v[u].z, acc.w += w * v[u].w;
-                }
+                if (k < m)
+                    axpy4(acc, __expf(lse_in[k * row_stride] - lse_max), v[u]);
             }
         }
     }
@@ -306,39 +321,24 @@ __device__ __forceinline__ void combine_row_warp(const decode_params &p, const c
     const uint64_t last_read = l2_policy_evict_first(); /* ptx.cuh: the partials' policies */
     float4 v[UNROLL][4]; /* splits k .. k + UNROLL - 1 */
     warp_load_splits<UNROLL>(v, out_in, row_stride * 512, 0, m, last_read);
-    /* lse of splits lane, lane + 32, ...: the first chunk stays in a register */
-    const float lse0 = lane < m ? lse_in[lane * row_stride] : -INFINITY;
-    float lse_max = lse0;
-    for (int k = lane + 32; k < m; k += 32)
-        lse_max = fmaxf(lse_max, lse_in[k * row_stride]);
-    ETAP_TRACE_COMBINE_AFTER(TRACE_COMBINE_LSE, __float_as_int(lse_max));
-    ETAP_TRACE_COMBINE_AFTER(TRACE_COMBINE_ROW, __float_as_int(v[0][0].x));
-    lse_max = warp_max(lse_max);
-    ETAP_TRACE_COMBINE(TRACE_COMBINE_MAX);
-    /* all -inf (or no split): every weight 0, not exp(nan) */
-    const float w0 = lse_max == -INFINITY ? 0.f : __expf(lse0 - lse_max);
-    float wsum = w0;
-    for (int k = lane + 32; k < m; k += 32)
-        wsum += lse_max == -INFINITY ? 0.f : __expf(lse_in[k * row_stride] - lse_max);
-    wsum = warp_sum(wsum);
-    ETAP_TRACE_COMBINE(TRACE_COMBINE_WEIGHTS);
+    /* lse max, weights and their sum (the first 32 splits' weights in a register) */
+    float w0[1], lse_max, wsum;
+    warp_lse_weights<1>(lse_in, row_stride, m, lane, v[0][0].x, w0, lse_max, wsum);
 
     float4 acc[4];
 #pragma unroll
     for (int j = 0; j < 4; j++)
         acc[j] = make_float4(0.f, 0.f, 0.f, 0.f);
     if (wsum > 0.f) {
-        float w = w0; /* weight of split (k & ~31) + lane */
+        float w = w0[0]; /* weight of split (k & ~31) + lane */
         for (int k = 0;;) {
 #pragma unroll
             for (int u = 0; u < UNROLL; u++) {
                 const float wu = __shfl_sync(0xffffffffu, w, (k + u) % 32);
                 if (k + u < m) {
 #pragma unroll
-                    for (int j = 0; j < 4; j++) {
-                        acc[j].x += wu * v[u][j].x, acc[j].y += wu * v[u][j].y;
-                        acc[j].z += wu * v[u][j].z, acc[j].w += wu * v[u][j].w;
-                    }
+                    for (int j = 0; j < 4; j++)
+                        axpy4(acc[j], wu, v[u][j]);
                 }
             }
             k += UNROLL;
