@@ -262,6 +262,22 @@ void dg_build(dg_list *l, int size, int for_cuda, uint64_t seed)
     c->desc.kv_std = 300.0;
     c->desc.softmax_scale = 1e-4f;
 
+    /* Scores that rise along each sequence, so that a later tile's max keeps passing the
+     * running max by far more than 2^8 (the CUDA kernels then rescale what they have
+     * accumulated; with flat scores they hardly ever do): one case per consumer layout. */
+    for (int i = 0; i < 3; i++) {
+        c = add(l, i == 0 ? "rising-scores" : i == 1 ? "rising-scores-32rows" : "rising-scores-hq64", 3);
+        c->lens[0] = size == 1 ? 400 : 900;
+        c->lens[1] = 130;
+        c->lens[2] = 64;
+        c->desc.num_heads_q = i == 2 ? 64 : 16;
+        c->desc.seqlen_q = i == 1 ? 2 : 1;
+        c->desc.causal = i == 1;
+        c->desc.dtype = i == 1 ? ETAP_DTYPE_FP16 : ETAP_DTYPE_BF16;
+        c->desc.kv_ramp = 0.5;
+        c->num_threads = 3;
+    }
+
     c = add(l, "group-size-1", 4);
     for (int32_t i = 0; i < 4; i++)
         c->lens[i] = 50 + 37 * i;

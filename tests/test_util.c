@@ -334,7 +334,7 @@ int tu_case_build(tu_case *c, const tu_case_desc *d)
                 fill_row(&r,
                          c->kv + page * a->kv_stride_page + (t % ps) * a->kv_stride_token +
                              g * a->kv_stride_head,
-                         ETAP_HEAD_DIM_QK, kv_std, dt);
+                         ETAP_HEAD_DIM_QK, kv_std * (1.0 + d->kv_ramp * (double)t), dt);
         }
     free(perm);
 

@@ -64,7 +64,7 @@ static_assert(KV_TILE_TOKENS == ETAP_TILE_TOKENS, "the plan's tile is the kernel
  * called from one code site that all 256 threads pass in the same order, so the barrier
  * sequence is identical for every consumer warp (the simplest protocol to check, and the
  * one compute-sanitizer's racecheck reasons about exactly). */
-enum { BAR_EXCHANGE = 1, BAR_P_EMPTY = 2, BAR_P_FULL = 3 };
+enum { BAR_EXCHANGE = 1, BAR_P_FULL = 2 };
 
 /* The kernel's mbarriers, in shared memory. */
 struct ring_bars {
@@ -137,14 +137,36 @@ template <> __device__ __forceinline__ uint16_t to_half_bits<1>(float x)
     return __half_as_ushort(__float2half_rn(x));
 }
 
-template <int FP16> __device__ __forceinline__ float round_to_half(float x);
-template <> __device__ __forceinline__ float round_to_half<0>(float x)
+/* Two weights a, b as 16-bit pairs (a in the low half): hi = round(a, b) and
+ * lo = round(a - hi_a, b - hi_b), so that hi + lo equals (a, b) within ~2^-17 (bf16) or
+ * ~2^-22 (fp16) relative. Each pair is one packed conversion (cvt.rn.bf16x2.f32 /
+ * f16x2), where one conversion per value ran on the slower conversion path. */
+template <int FP16> __device__ __forceinline__ uint32_t pack_half2(float a, float b);
+template <> __device__ __forceinline__ uint32_t pack_half2<0>(float a, float b)
 {
-    return __bfloat162float(__float2bfloat16_rn(x));
+    const __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+    return *(const uint32_t *)&v;
 }
-template <> __device__ __forceinline__ float round_to_half<1>(float x)
+template <> __device__ __forceinline__ uint32_t pack_half2<1>(float a, float b)
 {
-    return __half2float(__float2half_rn(x));
+    const __half2 v = __floats2half2_rn(a, b);
+    return *(const uint32_t *)&v;
+}
+template <int FP16> __device__ __forceinline__ float2 unpack_half2(uint32_t u);
+template <> __device__ __forceinline__ float2 unpack_half2<0>(uint32_t u)
+{
+    return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
+}
+template <> __device__ __forceinline__ float2 unpack_half2<1>(uint32_t u)
+{
+    return __half22float2(*(const __half2 *)&u);
+}
+template <int FP16>
+__device__ __forceinline__ void split_hi_lo(float a, float b, uint32_t *hi, uint32_t *lo)
+{
+    *hi = pack_half2<FP16>(a, b);
+    const float2 r = unpack_half2<FP16>(*hi);
+    *lo = pack_half2<FP16>(a - r.x, b - r.y);
 }
 
 /* End (exclusive) of the keys query row n may see: len, or len - s_q + s + 1 when causal
@@ -157,6 +179,26 @@ __device__ __forceinline__ int visible_end(const decode_params &p, int len, int 
         return len;
     const int end = len - p.seqlen_q + n / p.group + 1;
     return end < 0 ? 0 : (end > len ? len : end);
+}
+
+/* The softmax's reference max moves lazily: a query row's running max m (log2 domain) is
+ * raised only when a tile's max exceeds it by more than RESCALE_LOG2 (or at the row's first
+ * keys), so most tiles leave every reference where it was and the O accumulators need no
+ * rescale. The weights exp2(x - m) then stay below 2^RESCALE_LOG2 instead of 1, which
+ * changes nothing else: out = O / l and lse = m + log2(l) hold for any reference m. A
+ * build may set it to 0 (raise on every new max) to measure. */
+#ifndef ETAP_SM90_RESCALE_LOG2
+#define ETAP_SM90_RESCALE_LOG2 8.f
+#endif
+/* The new reference of a row from the old one and this tile's max; alpha, the factor for
+ * what has been accumulated, is exactly 1 when the reference stays, and also at the row's
+ * first keys (nothing accumulated: O and l are 0). */
+__device__ __forceinline__ float raise_reference(float m_old, float tile_max, float *alpha)
+{
+    const bool first = m_old == -INFINITY;
+    const float m_new = first || tile_max > m_old + ETAP_SM90_RESCALE_LOG2 ? tile_max : m_old;
+    *alpha = first || m_new == m_old ? 1.f : fast_exp2(m_old - m_new);
+    return m_new;
 }
 
 /* wgmma accumulator fragments (m64nN, fp32): a thread holds N/4 query-row columns, slot
@@ -605,10 +647,9 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
                 const int col = frag_col(c, col_base);
                 const float tile_max = fmaxf(fmaxf(red_wg[col], red_wg[NH + col]),
                                              fmaxf(red_wg[2 * NH + col], red_wg[3 * NH + col]));
-                const float m_new = fmaxf(m_run[c], tile_max);
+                const float m_new = raise_reference(m_run[c], tile_max, &alpha[c]);
                 const float m_use = m_new == -INFINITY ? 0.f : m_new;
                 const int i0 = frag_reg(c), i1 = i0 + 2;
-                alpha[c] = fast_exp2(m_run[c] - m_use);
                 const float p0 = fast_exp2(sacc[i0] - m_use), p1 = fast_exp2(sacc[i1] - m_use);
                 l_run[c] = l_run[c] * alpha[c] + p0 + p1;
                 sacc[i0] = p0;
@@ -617,22 +658,21 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
             }
             ETAP_TRACE_SPLIT(TRACE_T2_SOFTMAX, ctid == 0 && it == 2);
 
-            /* Both warpgroups' PV of the previous tile is complete (wgmma_wait below), so
-             * P and alpha may be overwritten. */
-            if (it > 0)
-                named_barrier_sync(BAR_P_EMPTY, CONSUMER_THREADS);
+            /* P and alpha may be overwritten: every consumer thread waited for its PV of the
+             * previous tile (wgmma_wait below) before it reached the barriers above. */
             /* ---- P^T into shared memory (wgmma's B, K-major: row = query row) ---- */
 #pragma unroll
             for (int c = 0; c < SCOLS; c++) {
                 const int col = col0 + frag_col(c, col_base);
                 const int i0 = frag_reg(c);
-#pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    const float pv = sacc[i0 + 2 * h];
-                    const uint32_t off = swizzled_offset(col, row0 + 8 * h);
-                    *(uint16_t *)(p_tile + off) = to_half_bits<FP16>(pv);
-                    *(uint16_t *)(p_lo_tile + off) = to_half_bits<FP16>(pv - round_to_half<FP16>(pv));
-                }
+                /* the thread's two tokens of this row: row0 and row0 + 8 */
+                uint32_t hi, lo;
+                split_hi_lo<FP16>(sacc[i0], sacc[i0 + 2], &hi, &lo);
+                const uint32_t off0 = swizzled_offset(col, row0), off1 = swizzled_offset(col, row0 + 8);
+                *(uint16_t *)(p_tile + off0) = (uint16_t)hi;
+                *(uint16_t *)(p_tile + off1) = (uint16_t)(hi >> 16);
+                *(uint16_t *)(p_lo_tile + off0) = (uint16_t)lo;
+                *(uint16_t *)(p_lo_tile + off1) = (uint16_t)(lo >> 16);
                 if (warp == 0 && lane < 4)
                     alpha_smem[col] = alpha[c];
             }
@@ -641,18 +681,27 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
             named_barrier_sync(BAR_P_FULL, CONSUMER_THREADS);
             ETAP_TRACE_SPLIT(TRACE_T2_P_FULL, ctid == 0 && it == 2);
 
-            /* ---- O^T += V^T P^T: this warpgroup's 256 dims, 4 x m64, all N rows ---- */
+            /* ---- O^T += V^T P^T: this warpgroup's 256 dims, 4 x m64, all N rows; the
+             * accumulators rescaled first, skipped by a warp whose rows all kept their
+             * reference ---- */
+            float a[COLS];
+            bool rescale = false;
 #pragma unroll
             for (int c = 0; c < COLS; c++) {
-                const float a = alpha_smem[frag_col(c, col_base)];
+                a[c] = alpha_smem[frag_col(c, col_base)];
+                rescale |= a[c] != 1.f;
+            }
+            if (__any_sync(0xffffffffu, rescale)) {
 #pragma unroll
-                for (int mb = 0; mb < M_BLOCKS_PER_WG; mb++)
+                for (int c = 0; c < COLS; c++)
 #pragma unroll
-                    for (int h = 0; h < (STACKED ? 2 : 1); h++) {
-                        const int i0 = frag_reg(c) + h * (N / 2);
-                        o[mb][i0] *= a;
-                        o[mb][i0 + 2] *= a;
-                    }
+                    for (int mb = 0; mb < M_BLOCKS_PER_WG; mb++)
+#pragma unroll
+                        for (int h = 0; h < (STACKED ? 2 : 1); h++) {
+                            const int i0 = frag_reg(c) + h * (N / 2);
+                            o[mb][i0] *= a[c];
+                            o[mb][i0 + 2] *= a[c];
+                        }
             }
             const uint32_t p_addr = smem_addr(p_tile);
             const uint32_t p_lo_addr = smem_addr(p_lo_tile);
@@ -872,9 +921,9 @@ __device__ __forceinline__ void consume_rows_on_m(const decode_params &p, const 
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 const int row = row_a + 8 * h;
-                const float m_new = fmaxf(m_run[h], fmaxf(red_max[row], red_max[ROWM_N + row]));
+                const float m_new =
+                    raise_reference(m_run[h], fmaxf(red_max[row], red_max[ROWM_N + row]), &alpha[h]);
                 const float m_use = m_new == -INFINITY ? 0.f : m_new;
-                alpha[h] = fast_exp2(m_run[h] - m_use);
                 float sum = 0.f;
 #pragma unroll
                 for (int j = 0; j < 4; j++)
@@ -888,35 +937,33 @@ __device__ __forceinline__ void consume_rows_on_m(const decode_params &p, const 
                 m_run[h] = m_new;
             }
             ETAP_TRACE_SPLIT(TRACE_T2_SOFTMAX, tid == 0 && it == 2);
-            /* both warpgroups' PV of the previous tile is done with p_lo */
-            if (it > 0)
-                named_barrier_sync(BAR_P_EMPTY, CONSUMER_THREADS);
+            /* both warpgroups' PV of the previous tile is done with p_lo: every consumer
+             * thread waited for its own before it reached the barrier above */
             /* ---- P_hi (RoPE block of the tile) and P_lo, K-major A: row = query row ---- */
 #pragma unroll
             for (int h = 0; h < 2; h++)
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
                     const int i = 4 * j + 2 * h;
-                    const float p0 = sacc[i], p1 = sacc[i + 1];
                     const uint32_t off = swizzled_offset(row_a + 8 * h, tok_wg + 8 * j + col_base);
-                    *(uint32_t *)(p_hi_tile + off) =
-                        (uint32_t)to_half_bits<FP16>(p0) | ((uint32_t)to_half_bits<FP16>(p1) << 16);
-                    *(uint32_t *)(p_lo_tile + off) =
-                        (uint32_t)to_half_bits<FP16>(p0 - round_to_half<FP16>(p0)) |
-                        ((uint32_t)to_half_bits<FP16>(p1 - round_to_half<FP16>(p1)) << 16);
+                    split_hi_lo<FP16>(sacc[i], sacc[i + 1], (uint32_t *)(p_hi_tile + off),
+                                      (uint32_t *)(p_lo_tile + off));
                 }
             zero_v_tail(stage, len, t, tid);
             fence_proxy_async_smem();
             named_barrier_sync(BAR_P_FULL, CONSUMER_THREADS);
             ETAP_TRACE_SPLIT(TRACE_T2_P_FULL, tid == 0 && it == 2);
 
-            /* ---- O += P V: this warpgroup's 256 dims ---- */
+            /* ---- O += P V: this warpgroup's 256 dims (rescaled first where a row of the
+             * warp moved its reference) ---- */
+            if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
 #pragma unroll
-            for (int j = 0; j < 32; j++) {
-                o[4 * j] *= alpha[0];
-                o[4 * j + 1] *= alpha[0];
-                o[4 * j + 2] *= alpha[1];
-                o[4 * j + 3] *= alpha[1];
+                for (int j = 0; j < 32; j++) {
+                    o[4 * j] *= alpha[0];
+                    o[4 * j + 1] *= alpha[0];
+                    o[4 * j + 2] *= alpha[1];
+                    o[4 * j + 3] *= alpha[1];
+                }
             }
             fence_accumulators(o);
             const uint32_t v_addr = stage_addr + wg * M_BLOCKS_PER_WG * COL_BLOCK_BYTES;
