@@ -546,6 +546,35 @@ __device__ __forceinline__ void s_transposed(float (&sacc)[N / 4], uint32_t stag
     }
 }
 
+/* P^T of a warpgroup's NH = N/2 query rows (rows col0 .. of the p tiles: 64 tokens of 2
+ * bytes each, 128B swizzle), hi and lo halves, from the weights in S^T's fragment layout
+ * (pw[4j + 2h + e]: token 16 warp + lane / 4 + 8h of query row col0 + 8j + 2 (lane % 4) + e).
+ * Each 8 tokens x 8 rows of it is one 8x8 matrix of the warp, stored transposed by
+ * stmatrix, four per instruction: NH / 8 instructions where one 16-bit store per weight
+ * half took NH. */
+template <int N, int FP16>
+__device__ __forceinline__ void write_p_transposed(const float (&pw)[N / 4], uint8_t *p_hi, uint8_t *p_lo,
+                                                   int col0, int warp, int lane)
+{
+    constexpr int JB = N / 16; /* blocks of 8 query rows per warpgroup */
+    uint32_t half2s[2][JB][2]; /* [hi, lo][row block][token half] */
+#pragma unroll
+    for (int j = 0; j < JB; j++)
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+            split_hi_lo<FP16>(pw[4 * j + 2 * h], pw[4 * j + 2 * h + 1], &half2s[0][j][h], &half2s[1][j][h]);
+    /* matrix k = (part * JB + j) * 2 + h; lane l addresses row l % 8 of matrix 4i + l / 8 */
+#pragma unroll
+    for (int i = 0; i < JB; i++) {
+        const int k = 4 * i + lane / 8, part = k / (2 * JB), j = (k / 2) % JB, h = k % 2;
+        const uint32_t addr =
+            smem_addr(part ? p_lo : p_hi) + swizzled_offset(col0 + 8 * j + lane % 8, 16 * warp + 8 * h);
+#define HALF2_OF(kk) half2s[(kk) / (2 * JB)][((kk) / 2) % JB][(kk) % 2]
+        stmatrix_x4_trans(addr, HALF2_OF(4 * i), HALF2_OF(4 * i + 1), HALF2_OF(4 * i + 2), HALF2_OF(4 * i + 3));
+#undef HALF2_OF
+    }
+}
+
 /* The two consumer warpgroups (threads 0..255). Each computes S^T and the softmax for its
  * half of the N query rows (N/2 columns), writes that half of P^T, and then O^T of all N
  * rows for its 256 of the 512 dims; the epilogue of each (sequence, split) follows. */
@@ -622,9 +651,15 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
                 mbarrier_arrive(b.q_empty); /* the producer may load the next Q */
             ETAP_TRACE_SPLIT(TRACE_T2_S, ctid == 0 && it == 2);
 
-            /* ---- online softmax along M: tokens live in lanes (lane/4), in the two row
-             * halves of each thread, and in the warpgroup's 4 warps ---- */
+            /* ---- online softmax along M, against the reference each row already has:
+             * a thread's tokens are row0 and row0 + 8 of each of its SCOLS columns. The
+             * weights stay below 2^RESCALE_LOG2 unless a score passes its row's reference
+             * by more than that; the barrier that publishes P^T tells every thread whether
+             * any did, and only then are the tile's maxima traded (over the lanes and the 4
+             * warps, through red) and P^T made again. A piece's first tile trades them at
+             * once: every row's first keys raise its reference. ---- */
             const int tok0 = t * KV_TILE_TOKENS + row0;
+            bool raise = false;
 #pragma unroll
             for (int c = 0; c < SCOLS; c++) {
                 const int i0 = frag_reg(c), i1 = i0 + 2;
@@ -633,75 +668,96 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
                 const float x1 = tok0 + 8 < end ? sacc[i1] * p.scale_log2 : -INFINITY;
                 sacc[i0] = x0;
                 sacc[i1] = x1;
-                float mx = fmaxf(x0, x1);
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
-                if (lane < 4)
-                    red_wg[warp * NH + frag_col(c, col_base)] = mx;
+                const float bound = m_run[c] + ETAP_SM90_RESCALE_LOG2; /* -inf: any key passes */
+                raise |= x0 > bound || x1 > bound;
             }
-            named_barrier_sync(BAR_EXCHANGE, CONSUMER_THREADS); /* per-warp maxima in red */
-            float alpha[SCOLS];
+            float alpha[SCOLS], psum[SCOLS], pw[NH / 2];
 #pragma unroll
-            for (int c = 0; c < SCOLS; c++) {
-                const int col = frag_col(c, col_base);
-                const float tile_max = fmaxf(fmaxf(red_wg[col], red_wg[NH + col]),
-                                             fmaxf(red_wg[2 * NH + col], red_wg[3 * NH + col]));
-                const float m_new = raise_reference(m_run[c], tile_max, &alpha[c]);
-                const float m_use = m_new == -INFINITY ? 0.f : m_new;
-                const int i0 = frag_reg(c), i1 = i0 + 2;
-                const float p0 = fast_exp2(sacc[i0] - m_use), p1 = fast_exp2(sacc[i1] - m_use);
-                l_run[c] = l_run[c] * alpha[c] + p0 + p1;
-                sacc[i0] = p0;
-                sacc[i1] = p1;
-                m_run[c] = m_new;
-            }
-            ETAP_TRACE_SPLIT(TRACE_T2_SOFTMAX, ctid == 0 && it == 2);
-
+            for (int c = 0; c < SCOLS; c++)
+                alpha[c] = 1.f;
             /* P and alpha may be overwritten: every consumer thread waited for its PV of the
-             * previous tile (wgmma_wait below) before it reached the barriers above. */
-            /* ---- P^T into shared memory (wgmma's B, K-major: row = query row) ---- */
-#pragma unroll
-            for (int c = 0; c < SCOLS; c++) {
-                const int col = col0 + frag_col(c, col_base);
-                const int i0 = frag_reg(c);
-                /* the thread's two tokens of this row: row0 and row0 + 8 */
-                uint32_t hi, lo;
-                split_hi_lo<FP16>(sacc[i0], sacc[i0 + 2], &hi, &lo);
-                const uint32_t off0 = swizzled_offset(col, row0), off1 = swizzled_offset(col, row0 + 8);
-                *(uint16_t *)(p_tile + off0) = (uint16_t)hi;
-                *(uint16_t *)(p_tile + off1) = (uint16_t)(hi >> 16);
-                *(uint16_t *)(p_lo_tile + off0) = (uint16_t)lo;
-                *(uint16_t *)(p_lo_tile + off1) = (uint16_t)(lo >> 16);
-                if (warp == 0 && lane < 4)
-                    alpha_smem[col] = alpha[c];
-            }
+             * previous tile (wgmma_wait below) before it reached the barrier in s_transposed,
+             * which also says that S^T is done with the tile's V rows. */
             zero_v_tail(stage, len, t, ctid);
-            fence_proxy_async_smem();
-            named_barrier_sync(BAR_P_FULL, CONSUMER_THREADS);
+            bool settled = false;    /* the references were set from this tile's maxima */
+            bool exchange = t == t0; /* a piece's first tile raises every row's reference */
+            for (;;) {
+                if (exchange) {
+                    /* each row's tile max over the lanes that hold its tokens and the 4 warps */
+#pragma unroll
+                    for (int c = 0; c < SCOLS; c++) {
+                        const int i0 = frag_reg(c), i1 = i0 + 2;
+                        float mx = fmaxf(sacc[i0], sacc[i1]);
+                        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+                        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+                        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+                        if (lane < 4)
+                            red_wg[warp * NH + frag_col(c, col_base)] = mx;
+                    }
+                    named_barrier_sync(BAR_EXCHANGE, CONSUMER_THREADS); /* per-warp maxima in red */
+#pragma unroll
+                    for (int c = 0; c < SCOLS; c++) {
+                        const int col = frag_col(c, col_base);
+                        const float tile_max = fmaxf(fmaxf(red_wg[col], red_wg[NH + col]),
+                                                     fmaxf(red_wg[2 * NH + col], red_wg[3 * NH + col]));
+                        m_run[c] = raise_reference(m_run[c], tile_max, &alpha[c]);
+                    }
+                    settled = true;
+                }
+#pragma unroll
+                for (int c = 0; c < SCOLS; c++) {
+                    const float m_use = m_run[c] == -INFINITY ? 0.f : m_run[c];
+                    const int i0 = frag_reg(c), i1 = i0 + 2;
+                    pw[i0] = fast_exp2(sacc[i0] - m_use);
+                    pw[i1] = fast_exp2(sacc[i1] - m_use);
+                    psum[c] = pw[i0] + pw[i1];
+                }
+                ETAP_TRACE_SPLIT(TRACE_T2_SOFTMAX, ctid == 0 && it == 2 && !exchange);
+                /* ---- P^T into shared memory (wgmma's B, K-major: row = query row) ---- */
+                write_p_transposed<N, FP16>(pw, p_tile, p_lo_tile, col0, warp, lane);
+                if (settled) {
+#pragma unroll
+                    for (int c = 0; c < SCOLS; c++)
+                        if (warp == 0 && lane < 4)
+                            alpha_smem[col0 + frag_col(c, col_base)] = alpha[c];
+                }
+                fence_proxy_async_smem();
+                if (settled) {
+                    named_barrier_sync(BAR_P_FULL, CONSUMER_THREADS);
+                    break;
+                }
+                if (!named_barrier_any(BAR_P_FULL, CONSUMER_THREADS, raise))
+                    break; /* every reference stays: alpha = 1 */
+                exchange = true; /* some key passed its reference: P^T again, from the maxima */
+            }
+#pragma unroll
+            for (int c = 0; c < SCOLS; c++)
+                l_run[c] = l_run[c] * alpha[c] + psum[c];
             ETAP_TRACE_SPLIT(TRACE_T2_P_FULL, ctid == 0 && it == 2);
 
-            /* ---- O^T += V^T P^T: this warpgroup's 256 dims, 4 x m64, all N rows; the
-             * accumulators rescaled first, skipped by a warp whose rows all kept their
-             * reference ---- */
-            float a[COLS];
-            bool rescale = false;
+            /* ---- O^T += V^T P^T: this warpgroup's 256 dims, 4 x m64, all N rows; where
+             * references were raised the accumulators are rescaled first, skipped by a warp
+             * whose rows all kept theirs (settled is the same on every consumer thread) ---- */
+            if (settled) {
+                float a[COLS];
+                bool rescale = false;
 #pragma unroll
-            for (int c = 0; c < COLS; c++) {
-                a[c] = alpha_smem[frag_col(c, col_base)];
-                rescale |= a[c] != 1.f;
-            }
-            if (__any_sync(0xffffffffu, rescale)) {
+                for (int c = 0; c < COLS; c++) {
+                    a[c] = alpha_smem[frag_col(c, col_base)];
+                    rescale |= a[c] != 1.f;
+                }
+                if (__any_sync(0xffffffffu, rescale)) {
 #pragma unroll
-                for (int c = 0; c < COLS; c++)
+                    for (int c = 0; c < COLS; c++)
 #pragma unroll
-                    for (int mb = 0; mb < M_BLOCKS_PER_WG; mb++)
+                        for (int mb = 0; mb < M_BLOCKS_PER_WG; mb++)
 #pragma unroll
-                        for (int h = 0; h < (STACKED ? 2 : 1); h++) {
-                            const int i0 = frag_reg(c) + h * (N / 2);
-                            o[mb][i0] *= a[c];
-                            o[mb][i0 + 2] *= a[c];
-                        }
+                            for (int h = 0; h < (STACKED ? 2 : 1); h++) {
+                                const int i0 = frag_reg(c) + h * (N / 2);
+                                o[mb][i0] *= a[c];
+                                o[mb][i0 + 2] *= a[c];
+                            }
+                }
             }
             const uint32_t p_addr = smem_addr(p_tile);
             const uint32_t p_lo_addr = smem_addr(p_lo_tile);
@@ -896,12 +952,16 @@ __device__ __forceinline__ void consume_rows_on_m(const decode_params &p, const 
             if (t == t1 - 1)
                 mbarrier_arrive(b.q_empty);
 
-            /* ---- softmax along the tokens: the thread's 8 per row, its quad, then the
-             * other warpgroup's 32 through red_max ---- */
+            /* ---- softmax along the tokens, against the reference each row already has
+             * (consume_kv_tiles says why that holds): the barrier that says S is done with
+             * the RoPE block tells every thread whether some key passed its row's reference
+             * by more than RESCALE_LOG2, and only then are the rows' maxima taken (the
+             * thread's 8 per row, its quad, the other warpgroup's 32 through red_max) ---- */
             const int tok0 = t * KV_TILE_TOKENS + tok_wg + col_base;
+            bool raise = false;
 #pragma unroll
             for (int h = 0; h < 2; h++) {
-                float mx = -INFINITY;
+                const float bound = m_run[h] + ETAP_SM90_RESCALE_LOG2;
 #pragma unroll
                 for (int j = 0; j < 4; j++)
 #pragma unroll
@@ -909,21 +969,33 @@ __device__ __forceinline__ void consume_rows_on_m(const decode_params &p, const 
                         const int i = 4 * j + 2 * h + e;
                         const float x = tok0 + 8 * j + e < vend[h] ? sacc[i] * p.scale_log2 : -INFINITY;
                         sacc[i] = x;
-                        mx = fmaxf(mx, x);
+                        raise |= x > bound;
                     }
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                if ((lane & 3) == 0)
-                    red_max[wg * ROWM_N + row_a + 8 * h] = mx;
             }
-            named_barrier_sync(BAR_EXCHANGE, CONSUMER_THREADS); /* both maxima; S done */
-            float alpha[2];
+            float alpha[2] = {1.f, 1.f};
+            /* a piece's first tile raises every row's reference: no vote */
+            if (t == t0 || named_barrier_any(BAR_EXCHANGE, CONSUMER_THREADS, raise)) { /* and S done */
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    float mx = -INFINITY;
+#pragma unroll
+                    for (int j = 0; j < 4; j++)
+                        mx = fmaxf(mx, fmaxf(sacc[4 * j + 2 * h], sacc[4 * j + 2 * h + 1]));
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                    if ((lane & 3) == 0)
+                        red_max[wg * ROWM_N + row_a + 8 * h] = mx;
+                }
+                named_barrier_sync(BAR_EXCHANGE, CONSUMER_THREADS); /* both maxima */
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const int row = row_a + 8 * h;
+                    m_run[h] = raise_reference(m_run[h], fmaxf(red_max[row], red_max[ROWM_N + row]), &alpha[h]);
+                }
+            }
 #pragma unroll
             for (int h = 0; h < 2; h++) {
-                const int row = row_a + 8 * h;
-                const float m_new =
-                    raise_reference(m_run[h], fmaxf(red_max[row], red_max[ROWM_N + row]), &alpha[h]);
-                const float m_use = m_new == -INFINITY ? 0.f : m_new;
+                const float m_use = m_run[h] == -INFINITY ? 0.f : m_run[h];
                 float sum = 0.f;
 #pragma unroll
                 for (int j = 0; j < 4; j++)
@@ -934,7 +1006,6 @@ __device__ __forceinline__ void consume_rows_on_m(const decode_params &p, const 
                         sum += sacc[i];
                     }
                 l_run[h] = l_run[h] * alpha[h] + sum;
-                m_run[h] = m_new;
             }
             ETAP_TRACE_SPLIT(TRACE_T2_SOFTMAX, tid == 0 && it == 2);
             /* both warpgroups' PV of the previous tile is done with p_lo: every consumer

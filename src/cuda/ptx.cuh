@@ -153,6 +153,34 @@ __device__ __forceinline__ void named_barrier_sync(uint32_t id, uint32_t threads
     asm volatile("barrier.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
 
+/* barrier.sync with an OR over the participating threads' predicates (PTX: barrier.red.or):
+ * true on every thread when any thread passed true. Same rules as named_barrier_sync. */
+__device__ __forceinline__ bool named_barrier_any(uint32_t id, uint32_t threads, bool pred)
+{
+    uint32_t any;
+    __syncwarp();
+    asm volatile("{\n\t.reg .pred p, q;\n\t"
+                 "setp.ne.u32 q, %1, 0;\n\t"
+                 "barrier.red.or.pred p, %2, %3, q;\n\t"
+                 "selp.u32 %0, 1, 0, p;\n\t}"
+                 : "=r"(any)
+                 : "r"((uint32_t)pred), "r"(id), "r"(threads)
+                 : "memory");
+    return any != 0;
+}
+
+/* Four 8x8 matrices of 16-bit values from the warp's registers into shared memory,
+ * transposed (PTX: stmatrix.trans): register r[m] of lane l holds row l / 4, columns
+ * 2 (l % 4) and + 1 (low half first) of matrix m, and lane 8m + i gives the address of
+ * the 16 bytes that receive column i of matrix m (its 8 rows in order). */
+__device__ __forceinline__ void stmatrix_x4_trans(uint32_t addr, uint32_t r0, uint32_t r1, uint32_t r2,
+                                                  uint32_t r3)
+{
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(addr),
+                 "r"(r0), "r"(r1), "r"(r2), "r"(r3)
+                 : "memory");
+}
+
 /* ---- programmatic dependent launch (PTX: griddepcontrol, sm_90) ---------------------- */
 
 /* Lets the next kernel in the stream (launched with the programmatic-serialization
