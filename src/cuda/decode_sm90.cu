@@ -1011,15 +1011,28 @@ __device__ __forceinline__ void consume_rows_on_m(const decode_params &p, const 
             /* both warpgroups' PV of the previous tile is done with p_lo: every consumer
              * thread waited for its own before it reached the barrier above */
             /* ---- P_hi (RoPE block of the tile) and P_lo, K-major A: row = query row ---- */
+            {
+                /* each 8 rows x 8 tokens of the warp is one 8x8 matrix of the mma fragment
+                 * layout: stmatrix writes four per instruction (matrix k = (part * 4 + j) * 2
+                 * + h, lane l addressing row l % 8 of matrix 4i + l / 8) */
+                uint32_t half2s[2][4][2]; /* [hi, lo][token block j][row half h] */
 #pragma unroll
-            for (int h = 0; h < 2; h++)
+                for (int j = 0; j < 4; j++)
 #pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    const int i = 4 * j + 2 * h;
-                    const uint32_t off = swizzled_offset(row_a + 8 * h, tok_wg + 8 * j + col_base);
-                    split_hi_lo<FP16>(sacc[i], sacc[i + 1], (uint32_t *)(p_hi_tile + off),
-                                      (uint32_t *)(p_lo_tile + off));
+                    for (int h = 0; h < 2; h++)
+                        split_hi_lo<FP16>(sacc[4 * j + 2 * h], sacc[4 * j + 2 * h + 1], &half2s[0][j][h],
+                                          &half2s[1][j][h]);
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const int k = 4 * i + lane / 8, part = k / 8, j = (k / 2) % 4, h = k % 2;
+                    const uint32_t addr = smem_addr(part ? p_lo_tile : p_hi_tile) +
+                                          swizzled_offset(16 * warp + 8 * h + lane % 8, tok_wg + 8 * j);
+#define HALF2_OF(kk) half2s[(kk) / 8][((kk) / 2) % 4][(kk) % 2]
+                    stmatrix_x4(addr, HALF2_OF(4 * i), HALF2_OF(4 * i + 1), HALF2_OF(4 * i + 2),
+                                HALF2_OF(4 * i + 3));
+#undef HALF2_OF
                 }
+            }
             zero_v_tail(stage, len, t, tid);
             fence_proxy_async_smem();
             named_barrier_sync(BAR_P_FULL, CONSUMER_THREADS);

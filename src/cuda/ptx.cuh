@@ -181,6 +181,14 @@ __device__ __forceinline__ void stmatrix_x4_trans(uint32_t addr, uint32_t r0, ui
                  : "memory");
 }
 
+/* The same without the transposition: lane 8m + i gives the address of row i of matrix m. */
+__device__ __forceinline__ void stmatrix_x4(uint32_t addr, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3)
+{
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(r0),
+                 "r"(r1), "r"(r2), "r"(r3)
+                 : "memory");
+}
+
 /* ---- programmatic dependent launch (PTX: griddepcontrol, sm_90) ---------------------- */
 
 /* Lets the next kernel in the stream (launched with the programmatic-serialization
