@@ -679,8 +679,9 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
              * previous tile (wgmma_wait below) before it reached the barrier in s_transposed,
              * which also says that S^T is done with the tile's V rows. */
             zero_v_tail(stage, len, t, ctid);
-            bool settled = false;    /* the references were set from this tile's maxima */
-            bool exchange = t == t0; /* a piece's first tile raises every row's reference */
+            /* whether the references are set from this tile's maxima: at once on a piece's
+             * first tile (every row's first keys raise its reference), else after the vote */
+            bool exchange = t == t0;
             for (;;) {
                 if (exchange) {
                     /* each row's tile max over the lanes that hold its tokens and the 4 warps */
@@ -702,7 +703,6 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
                                                      fmaxf(red_wg[2 * NH + col], red_wg[3 * NH + col]));
                         m_run[c] = raise_reference(m_run[c], tile_max, &alpha[c]);
                     }
-                    settled = true;
                 }
 #pragma unroll
                 for (int c = 0; c < SCOLS; c++) {
@@ -715,14 +715,14 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
                 ETAP_TRACE_SPLIT(TRACE_T2_SOFTMAX, ctid == 0 && it == 2 && !exchange);
                 /* ---- P^T into shared memory (wgmma's B, K-major: row = query row) ---- */
                 write_p_transposed<N, FP16>(pw, p_tile, p_lo_tile, col0, warp, lane);
-                if (settled) {
+                if (exchange) {
 #pragma unroll
                     for (int c = 0; c < SCOLS; c++)
                         if (warp == 0 && lane < 4)
                             alpha_smem[col0 + frag_col(c, col_base)] = alpha[c];
                 }
                 fence_proxy_async_smem();
-                if (settled) {
+                if (exchange) {
                     named_barrier_sync(BAR_P_FULL, CONSUMER_THREADS);
                     break;
                 }
@@ -737,8 +737,8 @@ __device__ __forceinline__ void consume_kv_tiles(const decode_params &p, const w
 
             /* ---- O^T += V^T P^T: this warpgroup's 256 dims, 4 x m64, all N rows; where
              * references were raised the accumulators are rescaled first, skipped by a warp
-             * whose rows all kept theirs (settled is the same on every consumer thread) ---- */
-            if (settled) {
+             * whose rows all kept theirs (exchange is the same on every consumer thread) ---- */
+            if (exchange) {
                 float a[COLS];
                 bool rescale = false;
 #pragma unroll
