@@ -330,11 +330,15 @@ int tu_case_build(tu_case *c, const tu_case_desc *d)
     for (int32_t i = 0; i < b; i++)
         for (int64_t t = 0; t < c->lengths[i]; t++) {
             int64_t page = c->block_table[i * bt_stride + t / ps];
-            for (int32_t g = 0; g < hkv; g++)
-                fill_row(&r,
-                         c->kv + page * a->kv_stride_page + (t % ps) * a->kv_stride_token +
-                             g * a->kv_stride_head,
-                         ETAP_HEAD_DIM_QK, kv_std * (1.0 + d->kv_ramp * (double)t), dt);
+            for (int32_t g = 0; g < hkv; g++) {
+                uint16_t *row = c->kv + page * a->kv_stride_page + (t % ps) * a->kv_stride_token +
+                                g * a->kv_stride_head;
+                /* the value columns, then the RoPE key columns with their ramp / spike */
+                const int spike = d->kv_spike > 0 && t >= c->lengths[i] / 2 && t < c->lengths[i] / 2 + 16;
+                fill_row(&r, row, ETAP_HEAD_DIM_V, kv_std, dt);
+                fill_row(&r, row + ETAP_HEAD_DIM_V, ETAP_HEAD_DIM_QK - ETAP_HEAD_DIM_V,
+                         kv_std * (1.0 + d->kv_ramp * (double)t) * (spike ? d->kv_spike : 1.0), dt);
+            }
         }
     free(perm);
 

@@ -58,8 +58,12 @@ typedef struct tu_case_desc {
     const int32_t *lengths; /* batch entries; may include 0 */
     float softmax_scale;    /* passed as is (0 = ETAP_SOFTMAX_SCALE_DEFAULT) */
     double q_std, kv_std;   /* 0 -> 0.25 */
-    double kv_ramp;         /* token t's cache row has std kv_std * (1 + kv_ramp * t): scores
-                             * that keep rising along the sequence (0: flat) */
+    double kv_ramp;         /* token t's RoPE key columns (512..575) have std
+                             * kv_std * (1 + kv_ramp * t): scores that keep rising along the
+                             * sequence while the values stay in range (0: flat) */
+    double kv_spike;        /* > 0: the RoPE key columns of the 16 rows from the middle of each
+                             * sequence have their std multiplied by it: one burst of large
+                             * scores, small ones after */
     int q_layout;           /* TU_LAYOUT_* */
     int out_padded;         /* 0: contiguous out, 1: padded strides */
     int kv_padded;          /* 0: contiguous cache rows, 1: padded token/head/page strides */
