@@ -262,40 +262,36 @@ void dg_build(dg_list *l, int size, int for_cuda, uint64_t seed)
     c->desc.kv_std = 300.0;
     c->desc.softmax_scale = 1e-4f;
 
-    /* Scores that rise along each sequence, so that a later tile's max keeps passing the
-     * running max by far more than 2^8 (the CUDA kernels then rescale what they have
-     * accumulated; with flat scores they hardly ever do): one case per consumer layout.
-     * 16 KV heads, so that the CUDA plan has 8 workers per KV head and pieces of several
+    /* Scores that move along each sequence, one case per consumer layout (16 rows, 32 rows,
+     * 64 heads) and kind. Rising: the RoPE key columns' spread grows with the token index,
+     * so a tile's max passes the running max by ~9 (log2 units) on most tiles and the CUDA
+     * kernels rescale what they have accumulated (with flat scores they hardly ever do).
+     * Spike: 16 rows in the middle of each sequence have RoPE keys with 4000 times the
+     * spread, scores some hundreds of log2 units above the rest: the tile that holds them
+     * must raise the references (kept, the weights would overflow to inf), and the tiles
+     * after it keep them while their own weights underflow. The values stay in range. All
+     * with 16 KV heads, so that the CUDA plan has 8 workers per KV head and pieces of several
      * tiles: with 132 workers these short sequences would be cut into one-tile pieces, and
-     * only a piece's first tile (which trades its maxima anyway) would ever see a rise. */
-    for (int i = 0; i < 3; i++) {
-        c = add(l, i == 0 ? "rising-scores" : i == 1 ? "rising-scores-32rows" : "rising-scores-hq64", 3);
-        c->lens[0] = size == 1 ? 400 : 900;
-        c->lens[1] = 130;
-        c->lens[2] = 64;
+     * only a piece's first tile (which trades its maxima anyway) would see the rise. */
+    static const char *const moving[6] = {"rising-scores",      "rising-scores-32rows",
+                                          "rising-scores-hq64", "mid-sequence-spike",
+                                          "mid-sequence-spike-32rows", "mid-sequence-spike-hq64"};
+    for (int i = 0; i < 6; i++) {
+        const int spike = i >= 3, layout = i % 3, causal_rows = layout == 1 && !spike;
+        c = add(l, moving[i], 3);
+        c->lens[0] = spike ? (size == 1 ? 500 : 1000) : (size == 1 ? 400 : 900);
+        c->lens[1] = spike ? 300 : 130;
+        c->lens[2] = spike ? 70 : 64;
         c->desc.num_heads_kv = 16;
-        c->desc.num_heads_q = (i == 2 ? 64 : 16) * 16;
-        c->desc.seqlen_q = i == 1 ? 2 : 1;
-        c->desc.causal = i == 1;
-        c->desc.dtype = i == 1 ? ETAP_DTYPE_FP16 : ETAP_DTYPE_BF16;
-        c->desc.kv_ramp = 2.0; /* the tile max rises ~9 (log2 units) per tile */
-        c->num_threads = 3;
-    }
-
-    /* One burst of large scores in the middle of each sequence (16 rows whose RoPE keys have
-     * 4000 times the spread: scores some hundreds in log2 units above the rest, with values in
-     * range): the tile that holds it must
-     * raise the references there (a kernel that kept them would overflow its weights to inf),
-     * and the tiles after it keep them while their own weights underflow: one case per
-     * consumer layout, with 16 KV heads as above so that the burst falls inside a piece. */
-    for (int i = 0; i < 3; i++) {
-        c = add(l, i == 0 ? "mid-sequence-spike" : i == 1 ? "mid-sequence-spike-32rows" : "mid-sequence-spike-hq64", 3);
-        c->lens[0] = size == 1 ? 500 : 1000;
-        c->lens[1] = 300;
-        c->lens[2] = 70;
-        c->desc.num_heads_kv = 16;
-        c->desc.num_heads_q = (i == 2 ? 64 : i == 1 ? 32 : 16) * 16;
-        c->desc.kv_spike = 4000.0;
+        /* 32 rows: s_q = 2 causal fp16 when rising, 32 heads when a spike */
+        c->desc.num_heads_q = (layout == 2 ? 64 : layout == 1 && spike ? 32 : 16) * 16;
+        c->desc.seqlen_q = causal_rows ? 2 : 1;
+        c->desc.causal = causal_rows;
+        c->desc.dtype = causal_rows ? ETAP_DTYPE_FP16 : ETAP_DTYPE_BF16;
+        if (spike)
+            c->desc.kv_spike = 4000.0;
+        else
+            c->desc.kv_ramp = 2.0;
         c->num_threads = 3;
     }
 
