@@ -385,6 +385,25 @@ void dg_build(dg_list *l, int size, int for_cuda, uint64_t seed)
         for (int32_t i = 0; i < nb; i++)
             c->lens[i] = (int32_t)tu_rng_range(&r, 0, 8192);
         c->desc.num_heads_q = 64;
+
+        /* One long sequence among short ones, in the warp combine (workers <= 16 b): it is
+         * cut into far more than 32 splits (~100 with 132 workers), so the combine walks
+         * its weights in several chunks of 32, with 10 splits in flight (b = 12, workers
+         * >= 4 b: a round of 10 crosses a chunk boundary) and with 4 (b = 40). Its RoPE keys
+         * spread up to 200x wider toward its last token (scores of std ~4 there), so the
+         * splits' lse differ by several units and a weight taken from the wrong split shows
+         * (with flat scores the lse of splits of ~600 keys agree to ~0.1 and it hides). */
+        const int32_t one_long_b[3] = {12, 12, 40};
+        for (int i = 0; i < 3; i++) {
+            const int32_t long_len = (size == 1 ? 16384 : 65536) - 3;
+            c = add(l, i == 0 ? "cuda-one-long-b12" : i == 1 ? "cuda-one-long-b12-hq32" : "cuda-one-long-b40",
+                    one_long_b[i]);
+            for (int32_t k = 0; k < one_long_b[i]; k++)
+                c->lens[k] = k == 1 ? long_len : (int32_t)tu_rng_range(&r, 0, 200);
+            c->desc.num_heads_q = i == 1 ? 32 : 16;
+            c->desc.dtype = i == 1 ? ETAP_DTYPE_FP16 : ETAP_DTYPE_BF16;
+            c->desc.kv_ramp = 200.0 / long_len;
+        }
     }
 
     /* seeds of the special cases */

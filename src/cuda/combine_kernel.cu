@@ -270,7 +270,11 @@ __global__ void __launch_bounds__(COMBINE_THREADS, 1)
  * the dims 4l + 128j + {0..3}, j = 0..3 (a split's row: 4 coalesced float4 per lane). The
  * first UNROLL splits' rows are loaded together with the lse (lane k reads split k, k + 32,
  * ...); max and sum are shuffle reductions, and the splits are merged UNROLL at a time with
- * their weights broadcast from the lane that computed them. */
+ * their weights broadcast from the lane that computed them: lane l holds split 32c + l's,
+ * and a row of more than 32 splits (a long sequence among short ones) computes the next
+ * 32 from the lse when the merge reaches split 32(c + 1), which with UNROLL = 10 falls
+ * inside a round. Rows of <= 32 splits keep a loop without that step (measured: with it,
+ * b = 16 1K was 0.3 us slower). */
 #define COMBINE_WARP_ROWS 4   /* warps (rows) per CTA when the rows are not spread */
 /*
  * Spreading the rows over the SMs. The combine grid is launched early (programmatic
@@ -329,12 +333,12 @@ __device__ __forceinline__ void combine_row_warp(const decode_params &p, const c
 #pragma unroll
     for (int j = 0; j < 4; j++)
         acc[j] = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (wsum > 0.f) {
-        float w = w0[0]; /* weight of split (k & ~31) + lane */
+    if (wsum > 0.f && m <= 32) {
+        /* every weight in w0[0]: split k + u's is lane k + u's */
         for (int k = 0;;) {
 #pragma unroll
             for (int u = 0; u < UNROLL; u++) {
-                const float wu = __shfl_sync(0xffffffffu, w, (k + u) % 32);
+                const float wu = __shfl_sync(0xffffffffu, w0[0], (k + u) % 32);
                 if (k + u < m) {
 #pragma unroll
                     for (int j = 0; j < 4; j++)
@@ -345,8 +349,28 @@ __device__ __forceinline__ void combine_row_warp(const decode_params &p, const c
             if (k >= m)
                 break;
             warp_load_splits<UNROLL>(v, out_in, row_stride * 512, k, m, last_read);
-            if (k % 32 == 0) /* next chunk of 32 splits (n > 32) */
-                w = k + lane < m ? __expf(lse_in[(k + lane) * row_stride] - lse_max) : 0.f;
+        }
+    } else if (wsum > 0.f) {
+        float w = w0[0]; /* weight of split 32 * (s / 32) + lane, s the split being merged */
+        for (int k = 0;;) {
+#pragma unroll
+            for (int u = 0; u < UNROLL; u++) {
+                const int s = k + u;
+                /* the next 32 splits' weights wherever s reaches a multiple of 32: with
+                 * UNROLL = 10 that is inside a round (splits 30..39 span two chunks) */
+                if (s % 32 == 0 && s > 0 && s < m)
+                    w = s + lane < m ? __expf(lse_in[(s + lane) * row_stride] - lse_max) : 0.f;
+                const float wu = __shfl_sync(0xffffffffu, w, s % 32);
+                if (s < m) {
+#pragma unroll
+                    for (int j = 0; j < 4; j++)
+                        axpy4(acc[j], wu, v[u][j]);
+                }
+            }
+            k += UNROLL;
+            if (k >= m)
+                break;
+            warp_load_splits<UNROLL>(v, out_in, row_stride * 512, k, m, last_read);
         }
     }
     ETAP_TRACE_COMBINE(TRACE_COMBINE_MERGED);
