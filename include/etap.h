@@ -192,7 +192,10 @@ ETAP_API etap_status etap_workspace_size(etap_handle handle, const etap_mla_shap
                                          size_t *workspace_bytes);
 
 /* One decode call: out and lse for every (b, s_q, h_q) row. `plan` must come from
- * etap_plan() with the same handle, batch, head counts and lengths. On CUDA the call is
+ * etap_plan() with the same handle, batch, rows per KV head (seqlen_q * num_heads_q /
+ * num_heads_kv), num_heads_kv and lengths (the rows choose between two schedules of equal
+ * balance, docs/plan-format.md; the CPU backend refuses a plan that differs from its own).
+ * On CUDA the call is
  * asynchronous on `stream` and safe to capture in a CUDA graph. Its kernels start while
  * the kernel before them on the stream finishes (programmatic dependent launch) and wait
  * for it before reading q, the cache, the lengths or the block table, but read the plan

@@ -332,7 +332,8 @@ etap_status etap_plan(etap_handle h, const etap_mla_shape *shape, const int32_t 
               "page_size = %lld tokens",
               (int)i, (int)cache_seqlens[i], (long long)max_len);
     }
-    etap_plan_build(shape->batch, num_workers_for(h, shape), (int32_t)max_len, cache_seqlens,
+    etap_plan_build(shape->batch, num_workers_for(h, shape), (int32_t)max_len,
+                    etap_rows_per_kv_head(shape), cache_seqlens,
                     (int32_t *)plan);
     return ETAP_OK;
 }

@@ -51,10 +51,12 @@ size_t etap_workspace_bytes_for(const etap_mla_shape *shape, int32_t num_workers
 
 /* ---- plan.c: the host plan builder (the definition every backend must reproduce) ---- */
 
-/* Writes the full plan for `lengths` into plan[0 .. etap_plan_words()). Lengths must be
- * validated by the caller when status reporting is wanted; invalid ones are recorded in
- * the header (ETAP_PLAN_H_STATUS) exactly as the device kernel records them. */
-void etap_plan_build(int32_t batch, int32_t num_workers, int32_t max_len,
+/* Writes the full plan for `lengths` into plan[0 .. etap_plan_words()); `rows` is the
+ * shape's query rows per KV head (etap_rows_per_kv_head), which decides between two
+ * equally loaded cuts (plan.h). Lengths must be validated by the caller when status
+ * reporting is wanted; invalid ones are recorded in the header (ETAP_PLAN_H_STATUS)
+ * exactly as the device kernel records them. */
+void etap_plan_build(int32_t batch, int32_t num_workers, int32_t max_len, int32_t rows,
                      const int32_t *lengths, int32_t *plan);
 
 /* ---- CPU backend (cpu/cpu_backend.c) ---- */

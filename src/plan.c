@@ -14,8 +14,8 @@
  *     at least one tile (never a sequence whose overhead units alone fall in its range).
  *
  * The builder must not allocate, so it never materialises the prefix array P[0..b]: a
- * first pass sums the costs and finds the largest (for the quota), a second pass carries
- * P[i] as a running sum.
+ * first pass sums the tiles and finds the largest (for the quotas), two walks weigh the
+ * two cuts (plan.h), and a last pass carries the kept cut's P[i] as a running sum.
  * Worker records are filled in the same pass: sequence i touches workers f_i..l_i, and
  * since f_i >= l_{i-1} the walk visits every worker boundary once, O(b + W) in all.
  */
@@ -35,13 +35,61 @@ static int64_t plan_tiles_of(int32_t len, int32_t max_len)
     return valid_length(len, max_len) ? etap_plan_tiles(len) : 0;
 }
 
+/* ---- the two cuts ---- */
+
+/* What pass 1 finds: the tiles, the sequences with tiles, the largest tile count. */
+typedef struct plan_sums {
+    int64_t tiles, max_tiles;
+    int32_t seqs;
+} plan_sums;
+
+static int64_t cut_quota(const plan_sums *sum, int32_t num_workers, int64_t ovh)
+{
+    return etap_plan_quota(sum->tiles + ovh * sum->seqs, num_workers,
+                           etap_plan_cost(sum->max_tiles, ovh), ovh);
+}
+
+/* A cut weighed without writing it: the largest worker load (etap_plan_load) and the
+ * total splits. The same walk as pass 2 below; workers are met in increasing order, so
+ * one running worker is enough. */
+static void weigh_cut(int32_t batch, int32_t max_len, const int32_t *lengths, int64_t ovh,
+                      int64_t quota, int64_t *max_load, int64_t *total_splits)
+{
+    int64_t prefix = 0, splits = 0, heaviest = 0, tiles_w = 0, pieces_w = 0;
+    int32_t cur = -1;
+    for (int32_t i = 0; i < batch; i++) {
+        const int64_t tiles = plan_tiles_of(lengths[i], max_len);
+        if (tiles == 0)
+            continue;
+        const int32_t f = etap_plan_first_worker(prefix, ovh, quota);
+        const int32_t l = etap_plan_last_worker(prefix, tiles, ovh, quota);
+        splits += l - f + 1;
+        for (int32_t w = f; w <= l; w++) {
+            if (w != cur) {
+                const int64_t load = etap_plan_load(tiles_w, pieces_w);
+                heaviest = load > heaviest ? load : heaviest;
+                cur = w;
+                tiles_w = pieces_w = 0;
+            }
+            tiles_w += etap_plan_tile_at((int64_t)(w + 1) * quota, prefix, tiles, ovh) -
+                       etap_plan_tile_at((int64_t)w * quota, prefix, tiles, ovh);
+            pieces_w++;
+        }
+        prefix += etap_plan_cost(tiles, ovh);
+    }
+    const int64_t load = etap_plan_load(tiles_w, pieces_w);
+    *max_load = load > heaviest ? load : heaviest;
+    *total_splits = splits;
+}
+
 /* ---- build ---- */
 
-void etap_plan_build(int32_t batch, int32_t num_workers, int32_t max_len,
+void etap_plan_build(int32_t batch, int32_t num_workers, int32_t max_len, int32_t rows,
                      const int32_t *lengths, int32_t *plan)
 {
-    /* Pass 1: total and largest cost (for the quota) and the first invalid length. */
-    int64_t total = 0, max_cost = 0;
+    /* Pass 1: tiles, sequences with tiles, the largest (for the quotas) and the first
+     * invalid length. */
+    plan_sums sum = {0, 0, 0};
     int32_t status = ETAP_PLAN_OK, bad_seq = 0, bad_len = 0;
     for (int32_t i = 0; i < batch; i++) {
         int32_t len = lengths[i];
@@ -50,11 +98,22 @@ void etap_plan_build(int32_t batch, int32_t num_workers, int32_t max_len,
             bad_seq = i;
             bad_len = len;
         }
-        const int64_t cost = etap_plan_cost(plan_tiles_of(len, max_len));
-        total += cost;
-        max_cost = cost > max_cost ? cost : max_cost;
+        const int64_t tiles = plan_tiles_of(len, max_len);
+        sum.tiles += tiles;
+        sum.seqs += tiles > 0;
+        sum.max_tiles = tiles > sum.max_tiles ? tiles : sum.max_tiles;
     }
-    const int64_t quota = etap_plan_quota(total, num_workers, max_cost);
+
+    /* The two cuts, weighed; one is kept (plan.h: etap_plan_take_bare). */
+    const int64_t quota_first = cut_quota(&sum, num_workers, ETAP_PLAN_OVERHEAD_UNITS);
+    const int64_t quota_bare = cut_quota(&sum, num_workers, 0);
+    int64_t load_first, splits_first, load_bare, splits_bare;
+    weigh_cut(batch, max_len, lengths, ETAP_PLAN_OVERHEAD_UNITS, quota_first, &load_first,
+              &splits_first);
+    weigh_cut(batch, max_len, lengths, 0, quota_bare, &load_bare, &splits_bare);
+    const int bare = etap_plan_take_bare(load_first, splits_first, load_bare, splits_bare, rows);
+    const int64_t ovh = bare ? 0 : ETAP_PLAN_OVERHEAD_UNITS;
+    const int64_t quota = bare ? quota_bare : quota_first;
 
     int32_t *workers = plan + etap_plan_worker_offset(0);
     int32_t *split_offset = plan + etap_plan_split_offset_offset(num_workers);
@@ -80,22 +139,23 @@ void etap_plan_build(int32_t batch, int32_t num_workers, int32_t max_len,
             first_worker[i] = -1;
             continue;
         }
-        const int32_t f = etap_plan_first_worker(prefix, quota);
-        const int32_t l = etap_plan_last_worker(prefix, tiles, quota);
+        const int32_t f = etap_plan_first_worker(prefix, ovh, quota);
+        const int32_t l = etap_plan_last_worker(prefix, tiles, ovh, quota);
         first_worker[i] = f;
         splits += l - f + 1;
         for (int32_t w = f; w <= l; w++) {
             int32_t *rec = workers + (int64_t)ETAP_PLAN_WORKER_WORDS * w;
             if (rec[2] == IDLE_LAST_SEQ) {
                 rec[0] = i;
-                rec[1] = (int32_t)etap_plan_tile_at((int64_t)w * quota, prefix, tiles);
+                rec[1] = (int32_t)etap_plan_tile_at((int64_t)w * quota, prefix, tiles, ovh);
             }
             rec[2] = i;
-            rec[3] = (int32_t)etap_plan_tile_at((int64_t)(w + 1) * quota, prefix, tiles);
+            rec[3] = (int32_t)etap_plan_tile_at((int64_t)(w + 1) * quota, prefix, tiles, ovh);
         }
-        prefix += etap_plan_cost(tiles);
+        prefix += etap_plan_cost(tiles, ovh);
     }
     split_offset[batch] = splits;
 
-    etap_plan_write_header(plan, batch, num_workers, quota, splits, status, bad_seq, bad_len);
+    etap_plan_write_header(plan, batch, num_workers, ovh, quota, splits, status, bad_seq,
+                           bad_len);
 }

@@ -73,6 +73,16 @@ int cu_download(void *dst, const void *src, size_t bytes, const char *what)
 
 int cu_sync(const char *what) { return check(cudaDeviceSynchronize(), what); }
 
+int cu_max_smem_optin(void)
+{
+    int dev = 0, v = -1;
+    if (check(cudaGetDevice(&dev), "cudaGetDevice") ||
+        check(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
+              "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)"))
+        return -1;
+    return v;
+}
+
 int cu_case_upload(cu_case *d, const tu_case *c)
 {
     memset(d, 0, sizeof *d);

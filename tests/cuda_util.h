@@ -25,6 +25,8 @@ void cu_free(void *p);
 int cu_upload(void *dst, const void *src, size_t bytes, const char *what);
 int cu_download(void *dst, const void *src, size_t bytes, const char *what);
 int cu_sync(const char *what);
+/* The current device's opt-in shared memory per block in bytes, -1 on error. */
+int cu_max_smem_optin(void);
 
 /* A tu_case mirrored on the device: every buffer of the host case, with args pointing at
  * device memory. */

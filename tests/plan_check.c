@@ -12,7 +12,9 @@ enum {
     MAGIC = 0x50415445, /* "ETAP" */
     VERSION = 1,
     TILE = 64,
-    OVERHEAD = 2,
+    OVERHEAD = 2,          /* the first cut's fixed cost of a sequence; the bare cut has 0 */
+    PIECE = 2,             /* what a piece adds to a worker's load when the cuts are weighed */
+    FEWER_SPLITS_ROWS = 16, /* above: equal loads go to the cut with fewer splits */
     MIN_QUOTA = 1,
     HEADER = 16,
     H_MAGIC = 0, H_VERSION, H_BATCH, H_WORKERS, H_TILE, H_OVERHEAD, H_QUOTA_LO, H_QUOTA_HI,
@@ -33,8 +35,53 @@ static int fail(char *msg, size_t n, const char *fmt, ...)
     return 0;
 }
 
+/* A cut with fixed cost `ovh`: its quota, and (weigh != 0) the heaviest worker's load,
+ * tiles + PIECE per piece, and the total splits, from each tile unit's owner. */
+typedef struct cut {
+    int64_t quota, max_load, splits;
+} cut;
+
+static int make_cut(const int64_t *tiles, int32_t batch, int32_t num_workers, int64_t ovh,
+                    cut *c)
+{
+    int64_t total = 0, max_cost = 0;
+    for (int32_t i = 0; i < batch; i++)
+        if (tiles[i] > 0) {
+            total += tiles[i] + ovh;
+            max_cost = tiles[i] + ovh > max_cost ? tiles[i] + ovh : max_cost;
+        }
+    int64_t quota = (total + num_workers - 1) / num_workers;
+    if (quota < MIN_QUOTA)
+        quota = MIN_QUOTA;
+    int64_t slack = quota / 32 > ovh ? quota / 32 : ovh;
+    if (max_cost > quota && max_cost <= quota + slack) /* no split for that little */
+        quota = max_cost;
+    c->quota = quota;
+    c->max_load = c->splits = 0;
+    int64_t *load = calloc((size_t)num_workers, sizeof(int64_t));
+    if (!load)
+        return 0;
+    int64_t p = 0;
+    for (int32_t i = 0; i < batch; i++) {
+        if (tiles[i] == 0)
+            continue;
+        /* tile units [p + ovh, p + ovh + tiles): owners a .. z */
+        int64_t u = p + ovh, v = p + ovh + tiles[i];
+        for (int64_t w = u / quota; w <= (v - 1) / quota; w++) {
+            int64_t lo = w * quota > u ? w * quota : u, hi = (w + 1) * quota < v ? (w + 1) * quota : v;
+            load[w] += hi - lo + PIECE;
+            c->splits++;
+        }
+        p = v;
+    }
+    for (int32_t w = 0; w < num_workers; w++)
+        c->max_load = load[w] > c->max_load ? load[w] : c->max_load;
+    free(load);
+    return 1;
+}
+
 int pc_verify(const int32_t *plan, int32_t batch, int32_t num_workers, int32_t max_len,
-              const int32_t *lengths, pc_stats *stats, char *msg, size_t n)
+              int32_t rows, const int32_t *lengths, pc_stats *stats, char *msg, size_t n)
 {
     pc_stats st = {0};
     int64_t *prefix = malloc(sizeof(int64_t) * ((size_t)batch + 1));
@@ -48,7 +95,13 @@ int pc_verify(const int32_t *plan, int32_t batch, int32_t num_workers, int32_t m
         goto done;
     }
 
-    /* the model */
+    /* the model: which cut the header says, and the one that should have been kept */
+    const int32_t *h = plan;
+    const int64_t ovh = h[H_OVERHEAD];
+    if (ovh != OVERHEAD && ovh != 0) {
+        ok = fail(msg, n, "header: overhead %d, expected %d or 0", (int)ovh, OVERHEAD);
+        goto done;
+    }
     int32_t status = 0, bad_seq = 0, bad_len = 0;
     prefix[0] = 0;
     for (int32_t i = 0; i < batch; i++) {
@@ -60,43 +113,54 @@ int pc_verify(const int32_t *plan, int32_t batch, int32_t num_workers, int32_t m
             bad_len = len;
         }
         tiles[i] = valid && len > 0 ? ((int64_t)len + TILE - 1) / TILE : 0;
-        prefix[i + 1] = prefix[i] + (tiles[i] > 0 ? tiles[i] + OVERHEAD : 0);
+        prefix[i + 1] = prefix[i] + (tiles[i] > 0 ? tiles[i] + ovh : 0);
         cursor[i] = 0;
         first_w[i] = -1;
         st.total_tiles += tiles[i];
     }
-    int64_t total = prefix[batch], max_cost = 0;
-    for (int32_t i = 0; i < batch; i++)
-        if (tiles[i] > 0 && tiles[i] + OVERHEAD > max_cost)
-            max_cost = tiles[i] + OVERHEAD;
-    int64_t quota = (total + num_workers - 1) / num_workers;
-    if (quota < MIN_QUOTA)
-        quota = MIN_QUOTA;
-    int64_t slack = quota / 32 > OVERHEAD ? quota / 32 : OVERHEAD;
-    if (max_cost > quota && max_cost <= quota + slack) /* no split for that little */
-        quota = max_cost;
+    cut first, bare;
+    if (!make_cut(tiles, batch, num_workers, OVERHEAD, &first) ||
+        !make_cut(tiles, batch, num_workers, 0, &bare)) {
+        ok = fail(msg, n, "verifier out of memory");
+        goto done;
+    }
+    /* the bare cut is kept when its heaviest worker is lighter, or as heavy with fewer
+     * splits for more than FEWER_SPLITS_ROWS rows per KV head */
+    const int want_bare = bare.max_load < first.max_load ||
+                          (bare.max_load == first.max_load && bare.splits < first.splits &&
+                           rows > FEWER_SPLITS_ROWS);
+    const int64_t total = prefix[batch], quota = ovh ? first.quota : bare.quota;
     st.quota = quota;
+    st.overhead = (int32_t)ovh;
+    st.max_load = ovh ? first.max_load : bare.max_load;
 
     /* header */
-    const int32_t *h = plan;
     int64_t got_quota = (int64_t)(((uint64_t)(uint32_t)h[H_QUOTA_HI] << 32) | (uint32_t)h[H_QUOTA_LO]);
     if (h[H_MAGIC] != MAGIC || h[H_VERSION] != VERSION) {
         ok = fail(msg, n, "header: magic 0x%08x version %d", (unsigned)h[H_MAGIC], (int)h[H_VERSION]);
         goto done;
     }
-    if (h[H_BATCH] != batch || h[H_WORKERS] != num_workers || h[H_TILE] != TILE ||
-        h[H_OVERHEAD] != OVERHEAD) {
-        ok = fail(msg, n, "header: batch %d workers %d tile %d overhead %d, expected %d %d %d %d",
-                  (int)h[H_BATCH], (int)h[H_WORKERS], (int)h[H_TILE], (int)h[H_OVERHEAD],
-                  (int)batch, (int)num_workers, TILE, OVERHEAD);
+    if (h[H_BATCH] != batch || h[H_WORKERS] != num_workers || h[H_TILE] != TILE) {
+        ok = fail(msg, n, "header: batch %d workers %d tile %d, expected %d %d %d",
+                  (int)h[H_BATCH], (int)h[H_WORKERS], (int)h[H_TILE], (int)batch,
+                  (int)num_workers, TILE);
+        goto done;
+    }
+    if ((ovh == 0) != want_bare) {
+        ok = fail(msg, n,
+                  "header: overhead %d, but the %s cut should be kept (heaviest worker %lld / "
+                  "%lld units, splits %lld / %lld with overhead %d / 0, %d rows)",
+                  (int)ovh, want_bare ? "bare" : "first", (long long)first.max_load,
+                  (long long)bare.max_load, (long long)first.splits, (long long)bare.splits,
+                  OVERHEAD, (int)rows);
         goto done;
     }
     if (got_quota != quota) {
         ok = fail(msg, n,
                   "header: quota %lld, expected max(ceil(%lld / %d), %d) (or the largest "
-                  "cost %lld when at most max(%d, 1/32) above) = %lld",
+                  "cost when at most max(%d, 1/32) above) = %lld",
                   (long long)got_quota, (long long)total, (int)num_workers, MIN_QUOTA,
-                  (long long)max_cost, OVERHEAD, (long long)quota);
+                  (int)ovh, (long long)quota);
         goto done;
     }
     if (h[H_STATUS] != status || h[H_BAD_SEQ] != bad_seq || h[H_BAD_LEN] != bad_len) {
@@ -149,7 +213,7 @@ int pc_verify(const int32_t *plan, int32_t batch, int32_t num_workers, int32_t m
                           (int)w, (int)i, (long long)a, (long long)cursor[i]);
                 goto done;
             }
-            int64_t u0 = prefix[i] + OVERHEAD + a, u1 = prefix[i] + OVERHEAD + e - 1;
+            int64_t u0 = prefix[i] + ovh + a, u1 = prefix[i] + ovh + e - 1;
             if (u0 < (int64_t)w * quota || u1 >= (int64_t)(w + 1) * quota) {
                 ok = fail(msg, n,
                           "worker %d: sequence %d tiles [%lld, %lld) are units [%lld, %lld], "
@@ -164,11 +228,11 @@ int pc_verify(const int32_t *plan, int32_t batch, int32_t num_workers, int32_t m
             wtiles += e - a;
             touched++;
         }
-        /* the documented balance bound */
-        if (wtiles + (int64_t)OVERHEAD * touched > quota + OVERHEAD) {
+        /* the documented balance bound (bare cut: the tiles alone) */
+        if (wtiles + ovh * touched > quota + ovh) {
             ok = fail(msg, n, "worker %d: %lld tiles + %d * %d sequences > quota %lld + %d",
-                      (int)w, (long long)wtiles, OVERHEAD, (int)touched, (long long)quota,
-                      OVERHEAD);
+                      (int)w, (long long)wtiles, (int)ovh, (int)touched, (long long)quota,
+                      (int)ovh);
             goto done;
         }
         st.busy_workers++;
@@ -214,8 +278,13 @@ int pc_verify(const int32_t *plan, int32_t batch, int32_t num_workers, int32_t m
         ok = fail(msg, n, "total splits %d > b + W = %d", (int)so[batch], (int)(batch + num_workers));
         goto done;
     }
-    snprintf(msg, n, "quota %lld, %d splits, %d busy workers, max %d splits/seq, max %d seqs/worker",
-             (long long)quota, (int)st.total_splits, (int)st.busy_workers,
+    if (so[batch] != (ovh ? first.splits : bare.splits)) {
+        ok = fail(msg, n, "total splits %d, the cut gives %lld", (int)so[batch],
+                  (long long)(ovh ? first.splits : bare.splits));
+        goto done;
+    }
+    snprintf(msg, n, "%s cut, quota %lld, %d splits, %d busy workers, max %d splits/seq, max %d seqs/worker",
+             ovh ? "first" : "bare", (long long)quota, (int)st.total_splits, (int)st.busy_workers,
              (int)st.max_splits_of_a_seq, (int)st.max_seqs_of_a_worker);
 done:
     if (stats)

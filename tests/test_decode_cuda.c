@@ -85,7 +85,7 @@ static int compare_plan(const int32_t *dev, const tu_case *c, int32_t w, char *m
     int32_t max_len = cap > INT32_MAX ? INT32_MAX : (int32_t)cap;
     int64_t words = pc_plan_words(sh->batch, w);
     int32_t *ref = malloc(sizeof(int32_t) * (size_t)words);
-    etap_plan_build(sh->batch, w, max_len, c->lengths, ref);
+    etap_plan_build(sh->batch, w, max_len, etap_rows_per_kv_head(sh), c->lengths, ref);
     int64_t first = -1;
     for (int64_t i = 0; i < words && first < 0; i++)
         if (dev[i] != ref[i])
@@ -94,7 +94,8 @@ static int compare_plan(const int32_t *dev, const tu_case *c, int32_t w, char *m
     if (!ok)
         snprintf(msg, n, "device plan word %lld is %d, the host plan has %d", (long long)first,
                  (int)dev[first], (int)ref[first]);
-    if (ok && !pc_verify(dev, sh->batch, w, max_len, c->lengths, NULL, msg, n))
+    if (ok && !pc_verify(dev, sh->batch, w, max_len, etap_rows_per_kv_head(sh), c->lengths, NULL,
+                         msg, n))
         ok = 0;
     if (ok && w % 4 == 0 && w / 4 <= 1024 && w / 4 >= 2) {
         etap_handle cpu = NULL;

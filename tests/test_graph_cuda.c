@@ -173,7 +173,9 @@ int main(void)
                 int32_t *hp = malloc(pb);
                 int64_t cap = (int64_t)MAX_PAGES * PAGE;
                 int plan_ok = cu_download(hp, dplan, pb, "download plan") == 0 &&
-                              pc_verify(hp, B, w, (int32_t)cap, c.lengths, NULL, msg, sizeof msg);
+                              pc_verify(hp, B, w, (int32_t)cap,
+                                        shape.seqlen_q * (shape.num_heads_q / shape.num_heads_kv),
+                                        c.lengths, NULL, msg, sizeof msg);
                 char pmsg[512];
                 snprintf(pmsg, sizeof pmsg, "%s", msg);
                 free(hp);

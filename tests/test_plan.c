@@ -120,12 +120,15 @@ static void make_sets(void)
     }
 }
 
-static etap_mla_shape shape_for(const lenset *s)
+/* rows query rows per KV head (h_q = rows, one KV head): 16 and 32 weigh the plan's two
+ * cuts differently (plan.h) */
+static etap_mla_shape shape_for(const lenset *s, int32_t rows)
 {
-    etap_mla_shape sh = {s->batch, 1, 16, 1, 576, 512, 64, 1 << 30, s->max_len / 64,
+    etap_mla_shape sh = {s->batch, 1, rows, 1, 576, 512, 64, 1 << 30, s->max_len / 64,
                          ETAP_DTYPE_BF16, 0};
     return sh;
 }
+static const int32_t ROWS[2] = {16, 32};
 
 /* ------------------------------------------------------------------------------------ */
 
@@ -140,9 +143,10 @@ static void test_public(void)
                     etap_last_error_message());
             continue;
         }
-        for (int si = 0; si < num_sets; si++) {
-            const lenset *s = &sets[si];
-            etap_mla_shape sh = shape_for(s);
+        for (int sri = 0; sri < 2 * num_sets; sri++) {
+            const lenset *s = &sets[sri / 2];
+            const int32_t rows = ROWS[sri % 2];
+            etap_mla_shape sh = shape_for(s, rows);
             int32_t w = 0;
             size_t pb = 0;
             if (etap_get_num_workers(h, &sh, &w) != ETAP_OK ||
@@ -170,9 +174,9 @@ static void test_public(void)
             int guard_ok = 1;
             for (size_t i = pb; i < pb + 256; i++)
                 guard_ok &= buf[i] == 0xCD;
-            int ok = pc_verify(plan, s->batch, w, s->max_len, s->lens, NULL, msg, sizeof msg);
+            int ok = pc_verify(plan, s->batch, w, s->max_len, rows, s->lens, NULL, msg, sizeof msg);
             int32_t *ref = malloc(pb);
-            etap_plan_build(s->batch, w, s->max_len, s->lens, ref);
+            etap_plan_build(s->batch, w, s->max_len, rows, s->lens, ref);
             int same = memcmp(ref, plan, pb) == 0;
             int check = etap_plan_check(h, plan, pb, NULL) == ETAP_OK;
             /* same lengths, same words (no hidden state) */
@@ -181,9 +185,9 @@ static void test_public(void)
             etap_plan(h, &sh, s->lens, again, pb, NULL);
             int repeat = memcmp(again, plan, pb) == 0;
             if (ok && guard_ok && same && check && repeat)
-                tu_pass(&T, "plan %s W=%d: %s", s->name, (int)w, msg);
+                tu_pass(&T, "plan %s W=%d rows=%d: %s", s->name, (int)w, (int)rows, msg);
             else
-                tu_fail(&T, "plan %s W=%d: %s%s%s%s%s", s->name, (int)w, ok ? "" : msg,
+                tu_fail(&T, "plan %s W=%d rows=%d: %s%s%s%s%s", s->name, (int)w, (int)rows, ok ? "" : msg,
                         guard_ok ? "" : "; wrote past plan_bytes",
                         same ? "" : "; differs from etap_plan_build()",
                         check ? "" : "; etap_plan_check() rejects it",
@@ -195,7 +199,7 @@ static void test_public(void)
         /* invalid lengths are refused on the host */
         int32_t bad[3] = {10, -1, 5};
         lenset s = {"", 3, bad, 640};
-        etap_mla_shape sh = shape_for(&s);
+        etap_mla_shape sh = shape_for(&s, 16);
         int32_t plan[1024];
         etap_status st = etap_plan(h, &sh, bad, plan, sizeof plan, NULL);
         if (st == ETAP_ERR_INVALID_ARGUMENT && tu_contains(etap_last_error_message(), "cache_seqlens[1]"))
@@ -213,19 +217,22 @@ static void test_builder(void)
     char msg[512];
     for (size_t wi = 0; wi < sizeof workers / sizeof workers[0]; wi++) {
         int32_t w = workers[wi];
-        int passed = 0;
-        for (int si = 0; si < num_sets; si++) {
-            const lenset *s = &sets[si];
+        int passed = 0, bare = 0;
+        for (int sri = 0; sri < 2 * num_sets; sri++) {
+            const lenset *s = &sets[sri / 2];
+            const int32_t rows = ROWS[sri % 2];
             int32_t *plan = malloc(sizeof(int32_t) * (size_t)pc_plan_words(s->batch, w));
-            etap_plan_build(s->batch, w, s->max_len, s->lens, plan);
-            if (pc_verify(plan, s->batch, w, s->max_len, s->lens, NULL, msg, sizeof msg))
+            etap_plan_build(s->batch, w, s->max_len, rows, s->lens, plan);
+            if (pc_verify(plan, s->batch, w, s->max_len, rows, s->lens, NULL, msg, sizeof msg))
                 passed++;
             else
-                tu_fail(&T, "builder %s W=%d: %s", s->name, (int)w, msg);
+                tu_fail(&T, "builder %s W=%d rows=%d: %s", s->name, (int)w, (int)rows, msg);
+            bare += plan[5] == 0;
             free(plan);
         }
-        if (passed == num_sets)
-            tu_pass(&T, "builder: all %d length sets with W=%d", num_sets, (int)w);
+        if (passed == 2 * num_sets)
+            tu_pass(&T, "builder: all %d length sets with W=%d, rows 16 and 32 (%d plans keep the bare cut)",
+                    num_sets, (int)w, bare);
     }
 
     /* quota above 2^32: 4096 sequences of ~INT32_MAX tokens (2^37 tile units) */
@@ -235,9 +242,9 @@ static void test_builder(void)
         for (int i = 0; i < b; i++)
             lens[i] = INT32_MAX - i;
         int32_t *plan = malloc(sizeof(int32_t) * (size_t)pc_plan_words(b, w));
-        etap_plan_build(b, w, INT32_MAX, lens, plan);
+        etap_plan_build(b, w, INT32_MAX, 16, lens, plan);
         pc_stats st;
-        int ok = pc_verify(plan, b, w, INT32_MAX, lens, &st, msg, sizeof msg);
+        int ok = pc_verify(plan, b, w, INT32_MAX, 16, lens, &st, msg, sizeof msg);
         if (ok && (w == 132 || st.quota > ((int64_t)1 << 32)))
             tu_pass(&T, "builder: 4096 x ~INT32_MAX tokens, W=%d: %s", (int)w, msg);
         else
@@ -260,9 +267,9 @@ static void test_builder(void)
             for (int i = 0; i < b; i++)
                 lens[i] = q[k].len;
             int32_t *plan = malloc(sizeof(int32_t) * (size_t)pc_plan_words(b, w));
-            etap_plan_build(b, w, q[k].len, lens, plan);
+            etap_plan_build(b, w, q[k].len, 16, lens, plan);
             pc_stats st;
-            int ok = pc_verify(plan, b, w, q[k].len, lens, &st, msg, sizeof msg);
+            int ok = pc_verify(plan, b, w, q[k].len, 16, lens, &st, msg, sizeof msg);
             int unsplit = q[k].quota >= q[k].len / 64 + 2;
             if (ok && st.quota == q[k].quota && (!unsplit || plan[8] == b))
                 tu_pass(&T, "builder: %d x %d tokens, W=132: quota %lld (%s)", (int)b,
@@ -281,16 +288,16 @@ static void test_builder(void)
         int32_t lens[6] = {100, 5000, -5, 70, 99999, -1};
         int32_t w = 4;
         int32_t plan[64];
-        etap_plan_build(6, w, 4096, lens, plan);
-        int ok = pc_verify(plan, 6, w, 4096, lens, NULL, msg, sizeof msg);
+        etap_plan_build(6, w, 4096, 16, lens, plan);
+        int ok = pc_verify(plan, 6, w, 4096, 16, lens, NULL, msg, sizeof msg);
         if (ok && plan[9] == 2 && plan[10] == 1 && plan[11] == 5000)
             tu_pass(&T, "builder: invalid lengths: header status TOO_LONG, seq 1, len 5000 (%s)", msg);
         else
             tu_fail(&T, "builder: invalid lengths: status %d seq %d len %d (%s)", (int)plan[9],
                     (int)plan[10], (int)plan[11], msg);
         lens[1] = 10;
-        etap_plan_build(6, w, 4096, lens, plan);
-        ok = pc_verify(plan, 6, w, 4096, lens, NULL, msg, sizeof msg);
+        etap_plan_build(6, w, 4096, 16, lens, plan);
+        ok = pc_verify(plan, 6, w, 4096, 16, lens, NULL, msg, sizeof msg);
         if (ok && plan[9] == 1 && plan[10] == 2 && plan[11] == -5)
             tu_pass(&T, "builder: invalid lengths: header status NEGATIVE, seq 2, len -5 (%s)", msg);
         else
@@ -317,7 +324,7 @@ static void test_builder(void)
         int64_t words = pc_plan_words(s->batch, w);
         int32_t *plan = malloc(sizeof(int32_t) * (size_t)words);
         int32_t *bad = malloc(sizeof(int32_t) * (size_t)words);
-        etap_plan_build(s->batch, w, s->max_len, s->lens, plan);
+        etap_plan_build(s->batch, w, s->max_len, 16, s->lens, plan);
         int caught = 0, tried = 0;
         for (int64_t i = 0; i < words; i++) {
             if (i >= 13 && i < 16)
@@ -333,13 +340,13 @@ static void test_builder(void)
                         continue;
                 }
                 tried++;
-                caught += !pc_verify(bad, s->batch, w, s->max_len, s->lens, NULL, msg, sizeof msg);
+                caught += !pc_verify(bad, s->batch, w, s->max_len, 16, s->lens, NULL, msg, sizeof msg);
             }
         }
         memcpy(bad, plan, sizeof(int32_t) * (size_t)words);
         bad[14] = 1;
         tried++;
-        caught += !pc_verify(bad, s->batch, w, s->max_len, s->lens, NULL, msg, sizeof msg);
+        caught += !pc_verify(bad, s->batch, w, s->max_len, 16, s->lens, NULL, msg, sizeof msg);
         if (caught == tried)
             tu_pass(&T, "verifier: catches all %d single-word corruptions of a plan", tried);
         else
@@ -363,9 +370,10 @@ static void test_device(void)
         return;
     }
     char msg[512];
-    for (int si = 0; si < num_sets; si++) {
-        const lenset *s = &sets[si];
-        etap_mla_shape sh = shape_for(s);
+    for (int sri = 0; sri < 2 * num_sets; sri++) {
+        const lenset *s = &sets[sri / 2];
+        const int32_t rows = ROWS[sri % 2];
+        etap_mla_shape sh = shape_for(s, rows);
         int32_t w = 0;
         size_t pb = 0;
         etap_get_num_workers(h, &sh, &w);
@@ -383,21 +391,21 @@ static void test_device(void)
                 tu_fail(&T, "device plan %s W=%d: %s / %s: %s", s->name, (int)w,
                         etap_status_string(st), etap_status_string(chk), etap_last_error_message());
             } else {
-                etap_plan_build(s->batch, w, s->max_len, s->lens, ref);
+                etap_plan_build(s->batch, w, s->max_len, rows, s->lens, ref);
                 int64_t words = pc_plan_words(s->batch, w), first = -1;
                 for (int64_t i = 0; i < words && first < 0; i++)
                     if (host[i] != ref[i])
                         first = i;
-                int ok = pc_verify(host, s->batch, w, s->max_len, s->lens, NULL, msg, sizeof msg);
+                int ok = pc_verify(host, s->batch, w, s->max_len, rows, s->lens, NULL, msg, sizeof msg);
                 if (first < 0 && ok)
-                    tu_pass(&T, "device plan %s W=%d equals the host plan word for word (%s)",
-                            s->name, (int)w, msg);
+                    tu_pass(&T, "device plan %s W=%d rows=%d equals the host plan word for word (%s)",
+                            s->name, (int)w, (int)rows, msg);
                 else if (first >= 0)
-                    tu_fail(&T, "device plan %s W=%d: word %lld is %d, host plan has %d%s%s",
-                            s->name, (int)w, (long long)first, (int)host[first], (int)ref[first],
-                            ok ? "" : "; ", ok ? "" : msg);
+                    tu_fail(&T, "device plan %s W=%d rows=%d: word %lld is %d, host plan has %d%s%s",
+                            s->name, (int)w, (int)rows, (long long)first, (int)host[first],
+                            (int)ref[first], ok ? "" : "; ", ok ? "" : msg);
                 else
-                    tu_fail(&T, "device plan %s W=%d: %s", s->name, (int)w, msg);
+                    tu_fail(&T, "device plan %s W=%d rows=%d: %s", s->name, (int)w, (int)rows, msg);
             }
         }
         cu_free(dlens);
@@ -406,10 +414,65 @@ static void test_device(void)
         free(ref);
     }
 
+    /* The batch bound of a device plan (docs/plan-format.md: 12 bytes of shared memory per
+     * sequence, 4 KB kept for the rest): the largest batch is planned like the host does,
+     * one more is refused with a message that names the bound. */
+    {
+        const int optin = cu_max_smem_optin();
+        const int32_t bmax = (int32_t)((optin - 4096) / 12) - 1;
+        for (int v = 0; v < 2 && optin > 0; v++) {
+            const int32_t b = bmax + v;
+            int32_t *lens = malloc(sizeof(int32_t) * (size_t)b);
+            for (int32_t i = 0; i < b; i++)
+                lens[i] = 1 + (int32_t)((i * 37) % 200);
+            lenset s = {"", b, lens, 256};
+            etap_mla_shape sh = shape_for(&s, 16);
+            size_t pb = 0;
+            int32_t w = 0;
+            etap_plan_size(h, &sh, &pb);
+            etap_get_num_workers(h, &sh, &w);
+            void *dlens = NULL, *dplan = NULL;
+            int32_t *host = malloc(pb), *ref = malloc(pb);
+            if (cu_malloc(&dlens, (size_t)b * 4, "cudaMalloc(lens)") ||
+                cu_malloc(&dplan, pb, "cudaMalloc(plan)") ||
+                cu_upload(dlens, lens, (size_t)b * 4, "upload lens")) {
+                tu_fail(&T, "device plan batch bound: CUDA setup failed");
+            } else {
+                etap_status st = etap_plan(h, &sh, (const int32_t *)dlens, dplan, pb, NULL);
+                char want[64];
+                snprintf(want, sizeof want, "at most %d sequences", (int)bmax);
+                if (v == 1) {
+                    if (st == ETAP_ERR_UNSUPPORTED && tu_contains(etap_last_error_message(), want))
+                        tu_pass(&T, "device plan: batch %d refused (%s)", (int)b, etap_last_error_message());
+                    else
+                        tu_fail(&T, "device plan: batch %d: %s (%s), want ETAP_ERR_UNSUPPORTED '%s'",
+                                (int)b, etap_status_string(st), etap_last_error_message(), want);
+                } else {
+                    int ok = st == ETAP_OK && etap_plan_check(h, dplan, pb, NULL) == ETAP_OK &&
+                             cu_download(host, dplan, pb, "download plan") == 0;
+                    etap_plan_build(b, w, 256, 16, lens, ref);
+                    ok = ok && memcmp(host, ref, pb) == 0 &&
+                         pc_verify(host, b, w, 256, 16, lens, NULL, msg, sizeof msg);
+                    if (ok)
+                        tu_pass(&T, "device plan: the largest batch, %d, equals the host plan (%s)",
+                                (int)b, msg);
+                    else
+                        tu_fail(&T, "device plan: batch %d: %s (%s)", (int)b, etap_status_string(st),
+                                etap_last_error_message());
+                }
+            }
+            cu_free(dlens);
+            cu_free(dplan);
+            free(host);
+            free(ref);
+            free(lens);
+        }
+    }
+
     /* invalid lengths: the plan is marked, etap_plan_check says why */
     int32_t lens[5] = {100, 64, -3, 100000, 7};
     lenset s = {"invalid", 5, lens, 4096};
-    etap_mla_shape sh = shape_for(&s);
+    etap_mla_shape sh = shape_for(&s, 16);
     size_t pb = 0;
     int32_t w = 0;
     etap_plan_size(h, &sh, &pb);
@@ -430,7 +493,7 @@ static void test_device(void)
         int ok = st == ETAP_OK && chk == ETAP_ERR_INVALID_ARGUMENT &&
                  tu_contains(etap_last_error_message(), want);
         if (ok && cu_download(host, dplan, pb, "download plan") == 0) {
-            etap_plan_build(5, w, 4096, lens, ref);
+            etap_plan_build(5, w, 4096, 16, lens, ref);
             ok = memcmp(host, ref, pb) == 0;
         }
         if (ok)

@@ -1002,14 +1002,16 @@ static int32_t record_diff_seq(const int32_t *got, const int32_t *want)
     return seq;
 }
 
-/* The plan must be exactly the one these lengths give: the decode walks its tile ranges
- * and split indices, so any other plan would read tokens past a length or leave splits
- * unwritten. The reference plan is rebuilt into scratch (O(b + W)) and compared. */
+/* The plan must be exactly the one these lengths (and rows per KV head, which choose
+ * between two cuts) give: the decode walks its tile ranges and split indices, so any other
+ * plan would read tokens past a length or leave splits unwritten. The reference plan is
+ * rebuilt into scratch (O(b + W)) and compared. */
 static etap_status check_plan_matches(const etap_mla_args *a, const int32_t *plan,
                                       int32_t num_workers, int32_t *expected)
 {
     const int32_t batch = a->shape.batch;
-    etap_plan_build(batch, num_workers, max_len_of(&a->shape), a->cache_seqlens, expected);
+    etap_plan_build(batch, num_workers, max_len_of(&a->shape), etap_rows_per_kv_head(&a->shape),
+                    a->cache_seqlens, expected);
     const int64_t words = etap_plan_words(batch, num_workers);
     if (memcmp(plan, expected, (size_t)words * sizeof *plan) == 0)
         return ETAP_OK;
@@ -1032,10 +1034,13 @@ static etap_status check_plan_matches(const etap_mla_args *a, const int32_t *pla
             (int64_t)(((uint64_t)(uint32_t)expected[ETAP_PLAN_H_QUOTA_HI] << 32) |
                       (uint32_t)expected[ETAP_PLAN_H_QUOTA_LO]);
         return etap_fail(ETAP_ERR_INVALID_ARGUMENT,
-                         "cache_seqlens differ from the lengths the plan was made from (the "
-                         "plan's quota is %lld tile units per worker, these lengths give %lld): "
-                         "call etap_plan() again with this call's cache_seqlens",
-                         (long long)got_quota, (long long)want_quota);
+                         "cache_seqlens differ from the lengths the plan was made from, or the "
+                         "rows per KV head (seqlen_q * num_heads_q / num_heads_kv = %d) from "
+                         "the plan's shape (the plan's quota is %lld tile units per worker, this "
+                         "call gives %lld): call etap_plan() again with this call's shape and "
+                         "cache_seqlens",
+                         (int)etap_rows_per_kv_head(&a->shape), (long long)got_quota,
+                         (long long)want_quota);
     }
     return etap_fail(ETAP_ERR_INVALID_ARGUMENT,
                      "cache_seqlens differ from the lengths the plan was made from (sequence %d, "

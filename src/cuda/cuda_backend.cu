@@ -93,8 +93,10 @@ extern "C" etap_status etap_cuda_create(struct etap_handle_s *h)
                                         "(driver too old for CUDA 12?)");
     }
     data->encode_tiled = (encode_tiled_fn)fn;
-    /* prefix[batch + 1] int64 in dynamic shared memory, 4 KB kept for the static part */
-    data->max_plan_batch = (int)((prop.sharedMemPerBlockOptin - 4096) / sizeof(int64_t)) - 1;
+    /* tiles_before[batch + 1] int64 and count_before[batch + 1] int32 in dynamic shared
+     * memory, 4 KB kept for the static part */
+    data->max_plan_batch =
+        (int)((prop.sharedMemPerBlockOptin - 4096) / (sizeof(int64_t) + sizeof(int32_t))) - 1;
 
     device_scope scope;
     const char *what = "cudaSetDevice";
@@ -150,7 +152,8 @@ extern "C" etap_status etap_cuda_plan(const struct etap_handle_s *h, const etap_
     device_scope scope;
     CUDA_TRY(enter_device(h, &scope), "cudaSetDevice");
     cudaError_t err = etap_launch_plan(cache_seqlens, plan, s->batch, etap_cuda_num_workers(h, s),
-                                       (int32_t)capacity(s), (cudaStream_t)stream);
+                                       (int32_t)capacity(s), etap_rows_per_kv_head(s),
+                                       (cudaStream_t)stream);
     leave_device(&scope);
     CUDA_TRY(err, "launching the plan kernel");
     return ETAP_OK;

@@ -66,6 +66,7 @@ cudaError_t etap_launch_combine(const decode_params &p, int fp16, cudaStream_t s
 cudaError_t etap_combine_set_attributes(void);
 /* plan_kernel.cu */
 cudaError_t etap_launch_plan(const int32_t *seqlens, int32_t *plan, int32_t batch,
-                             int32_t num_workers, int32_t max_len, cudaStream_t stream);
+                             int32_t num_workers, int32_t max_len, int32_t rows,
+                             cudaStream_t stream);
 size_t etap_plan_kernel_smem_bytes(int32_t batch);
 cudaError_t etap_plan_set_attributes(size_t max_smem_bytes);
