@@ -357,6 +357,48 @@ static void test_builder(void)
 }
 
 #if defined(ETAP_WITH_CUDA)
+/* One device plan of the lengths of `s` with `rows` rows per KV head: etap_plan's status,
+ * etap_plan_check's (when etap_plan succeeded), the words downloaded and the host
+ * builder's words for the same input. setup_failed: an allocation or a copy failed. */
+typedef struct device_plan {
+    etap_status st, chk;
+    int32_t w;
+    size_t pb;
+    int32_t *words, *ref;
+    int setup_failed;
+} device_plan;
+
+static device_plan run_device_plan(etap_handle h, const lenset *s, int32_t rows)
+{
+    device_plan d = {ETAP_OK, ETAP_OK, 0, 0, NULL, NULL, 0};
+    etap_mla_shape sh = shape_for(s, rows);
+    etap_get_num_workers(h, &sh, &d.w);
+    etap_plan_size(h, &sh, &d.pb);
+    d.words = malloc(d.pb);
+    d.ref = malloc(d.pb);
+    void *dlens = NULL, *dplan = NULL;
+    if (cu_malloc(&dlens, (size_t)s->batch * 4, "cudaMalloc(lens)") ||
+        cu_malloc(&dplan, d.pb, "cudaMalloc(plan)") ||
+        cu_upload(dlens, s->lens, (size_t)s->batch * 4, "upload lens")) {
+        d.setup_failed = 1;
+    } else {
+        d.st = etap_plan(h, &sh, (const int32_t *)dlens, dplan, d.pb, NULL);
+        d.chk = d.st == ETAP_OK ? etap_plan_check(h, dplan, d.pb, NULL) : d.st;
+        if (d.st == ETAP_OK && cu_download(d.words, dplan, d.pb, "download plan"))
+            d.setup_failed = 1;
+        etap_plan_build(s->batch, d.w, s->max_len, rows, s->lens, d.ref);
+    }
+    cu_free(dlens);
+    cu_free(dplan);
+    return d;
+}
+
+static void device_plan_free(device_plan *d)
+{
+    free(d->words);
+    free(d->ref);
+}
+
 static void test_device(void)
 {
     if (!cu_device_available()) {
@@ -373,140 +415,79 @@ static void test_device(void)
     for (int sri = 0; sri < 2 * num_sets; sri++) {
         const lenset *s = &sets[sri / 2];
         const int32_t rows = ROWS[sri % 2];
-        etap_mla_shape sh = shape_for(s, rows);
-        int32_t w = 0;
-        size_t pb = 0;
-        etap_get_num_workers(h, &sh, &w);
-        etap_plan_size(h, &sh, &pb);
-        void *dlens = NULL, *dplan = NULL;
-        int32_t *host = malloc(pb), *ref = malloc(pb);
-        if (cu_malloc(&dlens, (size_t)s->batch * 4, "cudaMalloc(lens)") ||
-            cu_malloc(&dplan, pb, "cudaMalloc(plan)") ||
-            cu_upload(dlens, s->lens, (size_t)s->batch * 4, "upload lens")) {
+        device_plan d = run_device_plan(h, s, rows);
+        if (d.setup_failed) {
             tu_fail(&T, "device plan %s: CUDA setup failed", s->name);
+        } else if (d.st != ETAP_OK || d.chk != ETAP_OK) {
+            tu_fail(&T, "device plan %s W=%d: %s / %s: %s", s->name, (int)d.w,
+                    etap_status_string(d.st), etap_status_string(d.chk), etap_last_error_message());
         } else {
-            etap_status st = etap_plan(h, &sh, (const int32_t *)dlens, dplan, pb, NULL);
-            etap_status chk = st == ETAP_OK ? etap_plan_check(h, dplan, pb, NULL) : st;
-            if (st != ETAP_OK || chk != ETAP_OK || cu_download(host, dplan, pb, "download plan")) {
-                tu_fail(&T, "device plan %s W=%d: %s / %s: %s", s->name, (int)w,
-                        etap_status_string(st), etap_status_string(chk), etap_last_error_message());
-            } else {
-                etap_plan_build(s->batch, w, s->max_len, rows, s->lens, ref);
-                int64_t words = pc_plan_words(s->batch, w), first = -1;
-                for (int64_t i = 0; i < words && first < 0; i++)
-                    if (host[i] != ref[i])
-                        first = i;
-                int ok = pc_verify(host, s->batch, w, s->max_len, rows, s->lens, NULL, msg, sizeof msg);
-                if (first < 0 && ok)
-                    tu_pass(&T, "device plan %s W=%d rows=%d equals the host plan word for word (%s)",
-                            s->name, (int)w, (int)rows, msg);
-                else if (first >= 0)
-                    tu_fail(&T, "device plan %s W=%d rows=%d: word %lld is %d, host plan has %d%s%s",
-                            s->name, (int)w, (int)rows, (long long)first, (int)host[first],
-                            (int)ref[first], ok ? "" : "; ", ok ? "" : msg);
-                else
-                    tu_fail(&T, "device plan %s W=%d rows=%d: %s", s->name, (int)w, (int)rows, msg);
-            }
+            int64_t words = pc_plan_words(s->batch, d.w), first = -1;
+            for (int64_t i = 0; i < words && first < 0; i++)
+                if (d.words[i] != d.ref[i])
+                    first = i;
+            int ok = pc_verify(d.words, s->batch, d.w, s->max_len, rows, s->lens, NULL, msg, sizeof msg);
+            if (first < 0 && ok)
+                tu_pass(&T, "device plan %s W=%d rows=%d equals the host plan word for word (%s)",
+                        s->name, (int)d.w, (int)rows, msg);
+            else if (first >= 0)
+                tu_fail(&T, "device plan %s W=%d rows=%d: word %lld is %d, host plan has %d%s%s",
+                        s->name, (int)d.w, (int)rows, (long long)first, (int)d.words[first],
+                        (int)d.ref[first], ok ? "" : "; ", ok ? "" : msg);
+            else
+                tu_fail(&T, "device plan %s W=%d rows=%d: %s", s->name, (int)d.w, (int)rows, msg);
         }
-        cu_free(dlens);
-        cu_free(dplan);
-        free(host);
-        free(ref);
+        device_plan_free(&d);
     }
 
     /* The batch bound of a device plan (docs/plan-format.md: 12 bytes of shared memory per
      * sequence, 4 KB kept for the rest): the largest batch is planned like the host does,
      * one more is refused with a message that names the bound. */
-    {
-        const int optin = cu_max_smem_optin();
-        const int32_t bmax = (int32_t)((optin - 4096) / 12) - 1;
-        for (int v = 0; v < 2 && optin > 0; v++) {
-            const int32_t b = bmax + v;
-            int32_t *lens = malloc(sizeof(int32_t) * (size_t)b);
-            for (int32_t i = 0; i < b; i++)
-                lens[i] = 1 + (int32_t)((i * 37) % 200);
-            lenset s = {"", b, lens, 256};
-            etap_mla_shape sh = shape_for(&s, 16);
-            size_t pb = 0;
-            int32_t w = 0;
-            etap_plan_size(h, &sh, &pb);
-            etap_get_num_workers(h, &sh, &w);
-            void *dlens = NULL, *dplan = NULL;
-            int32_t *host = malloc(pb), *ref = malloc(pb);
-            if (cu_malloc(&dlens, (size_t)b * 4, "cudaMalloc(lens)") ||
-                cu_malloc(&dplan, pb, "cudaMalloc(plan)") ||
-                cu_upload(dlens, lens, (size_t)b * 4, "upload lens")) {
-                tu_fail(&T, "device plan batch bound: CUDA setup failed");
-            } else {
-                etap_status st = etap_plan(h, &sh, (const int32_t *)dlens, dplan, pb, NULL);
-                char want[64];
-                snprintf(want, sizeof want, "at most %d sequences", (int)bmax);
-                if (v == 1) {
-                    if (st == ETAP_ERR_UNSUPPORTED && tu_contains(etap_last_error_message(), want))
-                        tu_pass(&T, "device plan: batch %d refused (%s)", (int)b, etap_last_error_message());
-                    else
-                        tu_fail(&T, "device plan: batch %d: %s (%s), want ETAP_ERR_UNSUPPORTED '%s'",
-                                (int)b, etap_status_string(st), etap_last_error_message(), want);
-                } else {
-                    int ok = st == ETAP_OK && etap_plan_check(h, dplan, pb, NULL) == ETAP_OK &&
-                             cu_download(host, dplan, pb, "download plan") == 0;
-                    etap_plan_build(b, w, 256, 16, lens, ref);
-                    ok = ok && memcmp(host, ref, pb) == 0 &&
-                         pc_verify(host, b, w, 256, 16, lens, NULL, msg, sizeof msg);
-                    if (ok)
-                        tu_pass(&T, "device plan: the largest batch, %d, equals the host plan (%s)",
-                                (int)b, msg);
-                    else
-                        tu_fail(&T, "device plan: batch %d: %s (%s)", (int)b, etap_status_string(st),
-                                etap_last_error_message());
-                }
-            }
-            cu_free(dlens);
-            cu_free(dplan);
-            free(host);
-            free(ref);
-            free(lens);
+    const int optin = cu_max_smem_optin();
+    const int32_t bmax = (int32_t)((optin - 4096) / 12) - 1;
+    for (int v = 0; v < 2 && optin > 0; v++) {
+        const int32_t b = bmax + v;
+        int32_t *lens = malloc(sizeof(int32_t) * (size_t)b);
+        for (int32_t i = 0; i < b; i++)
+            lens[i] = 1 + (int32_t)((i * 37) % 200);
+        const lenset s = {"", b, lens, 256};
+        device_plan d = run_device_plan(h, &s, 16);
+        char want[64];
+        snprintf(want, sizeof want, "at most %d sequences", (int)bmax);
+        if (v == 1) {
+            if (d.st == ETAP_ERR_UNSUPPORTED && tu_contains(etap_last_error_message(), want))
+                tu_pass(&T, "device plan: batch %d refused (%s)", (int)b, etap_last_error_message());
+            else
+                tu_fail(&T, "device plan: batch %d: %s (%s), want ETAP_ERR_UNSUPPORTED '%s'",
+                        (int)b, etap_status_string(d.st), etap_last_error_message(), want);
+        } else if (!d.setup_failed && d.st == ETAP_OK && d.chk == ETAP_OK &&
+                   memcmp(d.words, d.ref, d.pb) == 0 &&
+                   pc_verify(d.words, b, d.w, 256, 16, lens, NULL, msg, sizeof msg)) {
+            tu_pass(&T, "device plan: the largest batch, %d, equals the host plan (%s)", (int)b, msg);
+        } else {
+            tu_fail(&T, "device plan: batch %d: %s / %s (%s)", (int)b, etap_status_string(d.st),
+                    etap_status_string(d.chk), etap_last_error_message());
         }
+        device_plan_free(&d);
+        free(lens);
     }
 
     /* invalid lengths: the plan is marked, etap_plan_check says why */
     int32_t lens[5] = {100, 64, -3, 100000, 7};
-    lenset s = {"invalid", 5, lens, 4096};
-    etap_mla_shape sh = shape_for(&s, 16);
-    size_t pb = 0;
-    int32_t w = 0;
-    etap_plan_size(h, &sh, &pb);
-    etap_get_num_workers(h, &sh, &w);
-    void *dlens = NULL, *dplan = NULL;
-    int32_t *host = malloc(pb), *ref = malloc(pb);
+    const lenset s = {"invalid", 5, lens, 4096};
     for (int v = 0; v < 2; v++) {
         if (v == 1)
             lens[2] = 3; /* now the too-long one at index 3 is the first */
-        if (cu_malloc(&dlens, 20, "cudaMalloc(lens)") || cu_malloc(&dplan, pb, "cudaMalloc(plan)") ||
-            cu_upload(dlens, lens, 20, "upload lens")) {
-            tu_fail(&T, "device plan invalid: CUDA setup failed");
-            break;
-        }
-        etap_status st = etap_plan(h, &sh, (const int32_t *)dlens, dplan, pb, NULL);
-        etap_status chk = etap_plan_check(h, dplan, pb, NULL);
+        device_plan d = run_device_plan(h, &s, 16);
         const char *want = v == 0 ? "cache_seqlens[2] is -3" : "cache_seqlens[3] is 100000";
-        int ok = st == ETAP_OK && chk == ETAP_ERR_INVALID_ARGUMENT &&
-                 tu_contains(etap_last_error_message(), want);
-        if (ok && cu_download(host, dplan, pb, "download plan") == 0) {
-            etap_plan_build(5, w, 4096, 16, lens, ref);
-            ok = memcmp(host, ref, pb) == 0;
-        }
-        if (ok)
+        if (!d.setup_failed && d.st == ETAP_OK && d.chk == ETAP_ERR_INVALID_ARGUMENT &&
+            tu_contains(etap_last_error_message(), want) && memcmp(d.words, d.ref, d.pb) == 0)
             tu_pass(&T, "device plan: invalid length marked (%s), words equal the host's", want);
         else
             tu_fail(&T, "device plan: invalid length %s: plan %s, check %s (%s)", want,
-                    etap_status_string(st), etap_status_string(chk), etap_last_error_message());
-        cu_free(dlens);
-        cu_free(dplan);
-        dlens = dplan = NULL;
+                    etap_status_string(d.st), etap_status_string(d.chk), etap_last_error_message());
+        device_plan_free(&d);
     }
-    free(host);
-    free(ref);
     etap_destroy(h);
 }
 #endif

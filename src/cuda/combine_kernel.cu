@@ -310,6 +310,39 @@ __device__ __forceinline__ void warp_load_splits(float4 (*v)[4], const float *sr
         }
 }
 
+/* acc += the row's m splits times their weights, UNROLL splits at a time, v holding the
+ * first round. w: this lane's weight of split 32 * (s / 32) + lane, s the split being
+ * merged (the first 32 on entry). LONG (m > 32): the next 32 weights come from the lse
+ * wherever s reaches a multiple of 32, with UNROLL = 10 inside a round (splits 30..39 span
+ * two chunks); rows of <= 32 splits are compiled without that step. */
+template <int UNROLL, bool LONG>
+__device__ __forceinline__ void warp_merge(float4 (&acc)[4], float4 (&v)[UNROLL][4], float w,
+                                           const float *out_in, const float *lse_in,
+                                           int64_t row_stride, int m, int lane, float lse_max,
+                                           uint64_t policy)
+{
+    for (int k = 0;;) {
+#pragma unroll
+        for (int u = 0; u < UNROLL; u++) {
+            const int s = k + u;
+            if constexpr (LONG) {
+                if (s % 32 == 0 && s > 0 && s < m)
+                    w = s + lane < m ? __expf(lse_in[(s + lane) * row_stride] - lse_max) : 0.f;
+            }
+            const float wu = __shfl_sync(0xffffffffu, w, s % 32);
+            if (s < m) {
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+                    axpy4(acc[j], wu, v[u][j]);
+            }
+        }
+        k += UNROLL;
+        if (k >= m)
+            break;
+        warp_load_splits<UNROLL>(v, out_in, row_stride * 512, k, m, policy);
+    }
+}
+
 /* Every branch that a shuffle depends on is warp-uniform (n, bad_plan, lse_max, wsum, k), so
  * the full-mask shuffles are reached by all 32 lanes. */
 template <int FP16, int UNROLL>
@@ -333,46 +366,10 @@ __device__ __forceinline__ void combine_row_warp(const decode_params &p, const c
 #pragma unroll
     for (int j = 0; j < 4; j++)
         acc[j] = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (wsum > 0.f && m <= 32) {
-        /* every weight in w0[0]: split k + u's is lane k + u's */
-        for (int k = 0;;) {
-#pragma unroll
-            for (int u = 0; u < UNROLL; u++) {
-                const float wu = __shfl_sync(0xffffffffu, w0[0], (k + u) % 32);
-                if (k + u < m) {
-#pragma unroll
-                    for (int j = 0; j < 4; j++)
-                        axpy4(acc[j], wu, v[u][j]);
-                }
-            }
-            k += UNROLL;
-            if (k >= m)
-                break;
-            warp_load_splits<UNROLL>(v, out_in, row_stride * 512, k, m, last_read);
-        }
-    } else if (wsum > 0.f) {
-        float w = w0[0]; /* weight of split 32 * (s / 32) + lane, s the split being merged */
-        for (int k = 0;;) {
-#pragma unroll
-            for (int u = 0; u < UNROLL; u++) {
-                const int s = k + u;
-                /* the next 32 splits' weights wherever s reaches a multiple of 32: with
-                 * UNROLL = 10 that is inside a round (splits 30..39 span two chunks) */
-                if (s % 32 == 0 && s > 0 && s < m)
-                    w = s + lane < m ? __expf(lse_in[(s + lane) * row_stride] - lse_max) : 0.f;
-                const float wu = __shfl_sync(0xffffffffu, w, s % 32);
-                if (s < m) {
-#pragma unroll
-                    for (int j = 0; j < 4; j++)
-                        axpy4(acc[j], wu, v[u][j]);
-                }
-            }
-            k += UNROLL;
-            if (k >= m)
-                break;
-            warp_load_splits<UNROLL>(v, out_in, row_stride * 512, k, m, last_read);
-        }
-    }
+    if (wsum > 0.f && m <= 32)
+        warp_merge<UNROLL, false>(acc, v, w0[0], out_in, lse_in, row_stride, m, lane, lse_max, last_read);
+    else if (wsum > 0.f)
+        warp_merge<UNROLL, true>(acc, v, w0[0], out_in, lse_in, row_stride, m, lane, lse_max, last_read);
     ETAP_TRACE_COMBINE(TRACE_COMBINE_MERGED);
     write_row<FP16, 4>(p, c, lane * 4, acc, lse_max, wsum, lane == 0);
 }
