@@ -112,7 +112,9 @@ build() { # dir label cmake-args...
 # ------------------------------------------------------------------------------------
 # 2. Release
 
-if build "$REL" "Release, CUDA AUTO" -DCMAKE_BUILD_TYPE=Release -DETAP_CUDA=AUTO; then
+# tests and tools named: scripts/bench.sh configures the same directory without the tests
+if build "$REL" "Release, CUDA AUTO" -DCMAKE_BUILD_TYPE=Release -DETAP_CUDA=AUTO \
+    -DETAP_BUILD_TESTS=ON -DETAP_BUILD_TOOLS=ON; then
     run_ctest "$REL" "Release"
     rel_ok=1
 else
