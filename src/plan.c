@@ -14,10 +14,10 @@
  *     at least one tile (never a sequence whose overhead units alone fall in its range).
  *
  * The builder must not allocate, so it never materialises the prefix array P[0..b]: a
- * first pass sums the tiles and finds the largest (for the quotas), two walks weigh the
- * two cuts (plan.h), and a last pass carries the kept cut's P[i] as a running sum.
- * Worker records are filled in the same pass: sequence i touches workers f_i..l_i, and
- * since f_i >= l_{i-1} the walk visits every worker boundary once, O(b + W) in all.
+ * first pass sums the tiles and finds the largest (for the quotas); then one walk per cut
+ * (walk_cut) carries P[i] as a running sum, twice to weigh the two cuts (plan.h) and once
+ * more to write the kept one. Sequence i touches workers f_i..l_i, and since
+ * f_i >= l_{i-1} a walk visits every worker boundary once, O(b + W) in all.
  */
 #include "internal.h"
 #include "plan.h"
@@ -49,34 +49,69 @@ static int64_t cut_quota(const plan_sums *sum, int32_t num_workers, int64_t ovh)
                            etap_plan_cost(sum->max_tiles, ovh), ovh);
 }
 
-/* A cut weighed without writing it: the largest worker load (etap_plan_load) and the
- * total splits. The same walk as pass 2 below; workers are met in increasing order, so
- * one running worker is enough. */
-static void weigh_cut(int32_t batch, int32_t max_len, const int32_t *lengths, int64_t ovh,
-                      int64_t quota, int64_t *max_load, int64_t *total_splits)
+/* One walk over a cut: P[i] as a running sum, each sequence meeting its workers f_i..l_i
+ * in increasing order (so one running worker suffices for the load). It returns the
+ * largest worker load (etap_plan_load) and the total splits, and with a plan buffer also
+ * writes split_offset, first_worker and the worker records: a worker still marked idle
+ * (last_seq == -1) when first reached gets its first_seq, and every later sequence that
+ * reaches it moves its last_seq / end_tile forward. */
+static void walk_cut(int32_t batch, int32_t num_workers, int32_t max_len, const int32_t *lengths,
+                     int64_t ovh, int64_t quota, int32_t *plan, int64_t *max_load,
+                     int32_t *total_splits)
 {
-    int64_t prefix = 0, splits = 0, heaviest = 0, tiles_w = 0, pieces_w = 0;
-    int32_t cur = -1;
+    int32_t *workers = NULL, *split_offset = NULL, *first_worker = NULL;
+    if (plan) {
+        workers = plan + etap_plan_worker_offset(0);
+        split_offset = plan + etap_plan_split_offset_offset(num_workers);
+        first_worker = plan + etap_plan_first_worker_offset(batch, num_workers);
+        for (int32_t w = 0; w < num_workers; w++) {
+            int32_t *rec = workers + (int64_t)ETAP_PLAN_WORKER_WORDS * w;
+            rec[0] = IDLE_FIRST_SEQ;
+            rec[1] = IDLE_FIRST_TILE;
+            rec[2] = IDLE_LAST_SEQ;
+            rec[3] = IDLE_END_TILE;
+        }
+    }
+    int64_t prefix = 0, heaviest = 0, tiles_w = 0, pieces_w = 0;
+    int32_t splits = 0, cur = -1;
     for (int32_t i = 0; i < batch; i++) {
         const int64_t tiles = plan_tiles_of(lengths[i], max_len);
+        if (plan) {
+            split_offset[i] = splits;
+            first_worker[i] = -1;
+        }
         if (tiles == 0)
             continue;
         const int32_t f = etap_plan_first_worker(prefix, ovh, quota);
         const int32_t l = etap_plan_last_worker(prefix, tiles, ovh, quota);
         splits += l - f + 1;
         for (int32_t w = f; w <= l; w++) {
+            const int64_t t0 = etap_plan_tile_at((int64_t)w * quota, prefix, tiles, ovh);
+            const int64_t t1 = etap_plan_tile_at((int64_t)(w + 1) * quota, prefix, tiles, ovh);
             if (w != cur) {
                 const int64_t load = etap_plan_load(tiles_w, pieces_w);
                 heaviest = load > heaviest ? load : heaviest;
                 cur = w;
                 tiles_w = pieces_w = 0;
             }
-            tiles_w += etap_plan_tile_at((int64_t)(w + 1) * quota, prefix, tiles, ovh) -
-                       etap_plan_tile_at((int64_t)w * quota, prefix, tiles, ovh);
+            tiles_w += t1 - t0;
             pieces_w++;
+            if (plan) {
+                int32_t *rec = workers + (int64_t)ETAP_PLAN_WORKER_WORDS * w;
+                if (rec[2] == IDLE_LAST_SEQ) {
+                    rec[0] = i;
+                    rec[1] = (int32_t)t0;
+                }
+                rec[2] = i;
+                rec[3] = (int32_t)t1;
+            }
         }
+        if (plan)
+            first_worker[i] = f;
         prefix += etap_plan_cost(tiles, ovh);
     }
+    if (plan)
+        split_offset[batch] = splits;
     const int64_t load = etap_plan_load(tiles_w, pieces_w);
     *max_load = load > heaviest ? load : heaviest;
     *total_splits = splits;
@@ -104,57 +139,19 @@ void etap_plan_build(int32_t batch, int32_t num_workers, int32_t max_len, int32_
         sum.max_tiles = tiles > sum.max_tiles ? tiles : sum.max_tiles;
     }
 
-    /* The two cuts, weighed; one is kept (plan.h: etap_plan_take_bare). */
+    /* The two cuts weighed, the one kept (plan.h: etap_plan_take_bare) written. */
     const int64_t quota_first = cut_quota(&sum, num_workers, ETAP_PLAN_OVERHEAD_UNITS);
     const int64_t quota_bare = cut_quota(&sum, num_workers, 0);
-    int64_t load_first, splits_first, load_bare, splits_bare;
-    weigh_cut(batch, max_len, lengths, ETAP_PLAN_OVERHEAD_UNITS, quota_first, &load_first,
-              &splits_first);
-    weigh_cut(batch, max_len, lengths, 0, quota_bare, &load_bare, &splits_bare);
+    int64_t load_first, load_bare;
+    int32_t splits_first, splits_bare, splits;
+    walk_cut(batch, num_workers, max_len, lengths, ETAP_PLAN_OVERHEAD_UNITS, quota_first, NULL,
+             &load_first, &splits_first);
+    walk_cut(batch, num_workers, max_len, lengths, 0, quota_bare, NULL, &load_bare, &splits_bare);
     const int bare = etap_plan_take_bare(load_first, splits_first, load_bare, splits_bare, rows);
     const int64_t ovh = bare ? 0 : ETAP_PLAN_OVERHEAD_UNITS;
     const int64_t quota = bare ? quota_bare : quota_first;
-
-    int32_t *workers = plan + etap_plan_worker_offset(0);
-    int32_t *split_offset = plan + etap_plan_split_offset_offset(num_workers);
-    int32_t *first_worker = plan + etap_plan_first_worker_offset(batch, num_workers);
-
-    for (int32_t w = 0; w < num_workers; w++) {
-        int32_t *rec = workers + (int64_t)ETAP_PLAN_WORKER_WORDS * w;
-        rec[0] = IDLE_FIRST_SEQ;
-        rec[1] = IDLE_FIRST_TILE;
-        rec[2] = IDLE_LAST_SEQ;
-        rec[3] = IDLE_END_TILE;
-    }
-
-    /* Pass 2: P[i] as a running sum; each sequence claims its workers' records. A worker
-     * still marked idle (last_seq == -1) when first reached gets its first_seq here; every
-     * later sequence that reaches it moves its last_seq / end_tile forward. */
-    int64_t prefix = 0;
-    int32_t splits = 0;
-    for (int32_t i = 0; i < batch; i++) {
-        const int64_t tiles = plan_tiles_of(lengths[i], max_len);
-        split_offset[i] = splits;
-        if (tiles == 0) {
-            first_worker[i] = -1;
-            continue;
-        }
-        const int32_t f = etap_plan_first_worker(prefix, ovh, quota);
-        const int32_t l = etap_plan_last_worker(prefix, tiles, ovh, quota);
-        first_worker[i] = f;
-        splits += l - f + 1;
-        for (int32_t w = f; w <= l; w++) {
-            int32_t *rec = workers + (int64_t)ETAP_PLAN_WORKER_WORDS * w;
-            if (rec[2] == IDLE_LAST_SEQ) {
-                rec[0] = i;
-                rec[1] = (int32_t)etap_plan_tile_at((int64_t)w * quota, prefix, tiles, ovh);
-            }
-            rec[2] = i;
-            rec[3] = (int32_t)etap_plan_tile_at((int64_t)(w + 1) * quota, prefix, tiles, ovh);
-        }
-        prefix += etap_plan_cost(tiles, ovh);
-    }
-    split_offset[batch] = splits;
+    int64_t load;
+    walk_cut(batch, num_workers, max_len, lengths, ovh, quota, plan, &load, &splits);
 
     etap_plan_write_header(plan, batch, num_workers, ovh, quota, splits, status, bad_seq,
                            bad_len);
