@@ -3,6 +3,7 @@
  */
 #include "decode_grid.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -412,6 +413,88 @@ void dg_build(dg_list *l, int size, int for_cuda, uint64_t seed)
     if (!for_cuda)
         for (int i = idx; i < l->n; i++)
             l->cases[i].desc.pad_unit = 8;
+}
+
+/* Log-uniform integer in [lo, hi] (lo >= 1): small values as likely per octave as large. */
+static int64_t log_range(tu_rng *r, int64_t lo, int64_t hi)
+{
+    double v = (double)lo * pow((double)hi / (double)lo, tu_rng_uniform(r));
+    int64_t x = (int64_t)v;
+    return x < lo ? lo : x > hi ? hi : x;
+}
+
+void dg_build_fuzz(dg_list *l, int count, int size, int for_cuda, uint64_t seed)
+{
+    memset(l, 0, sizeof *l);
+    budget bud = budget_for(size);
+    tu_rng r;
+    tu_rng_seed(&r, seed ^ 0xF022F022F022ull);
+    /* the row counts the CUDA backend branches on (N = 16 / 32 / 48, rows on M, row groups)
+     * and the odd ones between them */
+    static const int32_t groups[] = {16, 16, 16, 32, 64, 128, 1, 2, 8, 12, 20, 24, 40, 48, 96};
+    static const int32_t heads_kv[] = {1, 1, 1, 1, 2, 4, 8};
+    static const int32_t sqs[] = {1, 1, 1, 2, 2, 3, 4, 5, 8};
+    static const int32_t cuda_pages[] = {64, 64, 64, 128, 256};
+    static const int32_t cpu_pages[] = {1, 16, 64, 100, 128};
+    static const int threads[] = {1, 2, 3, 8}; /* the CPU test's handles */
+    for (int n = 0; n < count; n++) {
+        const int32_t hkv = heads_kv[tu_rng_range(&r, 0, 6)];
+        const int32_t group = groups[tu_rng_range(&r, 0, 14)];
+        const int32_t sq = sqs[tu_rng_range(&r, 0, 8)];
+        const int64_t rows = (int64_t)group * sq; /* per KV head */
+        const int32_t b = (int32_t)log_range(&r, 1, 320);
+        /* tokens this case may hold: the reference's cost is rows x tokens x h_kv */
+        int64_t total = bud.row_tokens * 4 / (rows * hkv);
+        total = total > bud.max_tokens * 4 ? bud.max_tokens * 4 : total;
+        total = total < b ? b : total;
+        const int shape = (int)tu_rng_range(&r, 0, 5);
+        dg_case *c = add(l, "", b);
+        static const char *const shape_name[] = {"equal", "uniform", "one-long", "few-long",
+                                                 "tiny", "zeros"};
+        snprintf(c->tag, sizeof c->tag, "fuzz/%s", shape_name[shape]);
+        const int64_t each = total / b > 1 ? total / b : 1;
+        const int32_t equal = (int32_t)log_range(&r, 1, each);
+        const int32_t longest = (int32_t)(total / 2 > 1 ? total / 2 : 1);
+        for (int32_t i = 0; i < b; i++) {
+            int32_t v;
+            switch (shape) {
+            case 0: v = equal; break;                                         /* all alike */
+            case 1: v = (int32_t)tu_rng_range(&r, 0, 2 * equal); break;       /* spread */
+            case 2: v = (int32_t)tu_rng_range(&r, 0, 200); break;             /* short ... */
+            case 3: v = tu_rng_uniform(&r) < 0.15 ? longest / 2 : (int32_t)tu_rng_range(&r, 1, 64); break;
+            case 4: v = (int32_t)tu_rng_range(&r, 0, sq + 2); break;          /* below s_q */
+            default: v = tu_rng_uniform(&r) < 0.5 ? 0 : (int32_t)log_range(&r, 1, each); break;
+            }
+            c->lens[i] = v;
+        }
+        if (shape == 2) /* ... and one long sequence somewhere among them */
+            c->lens[tu_rng_range(&r, 0, b - 1)] = longest;
+        fit(c->lens, b, total);
+        tu_case_desc *d = &c->desc;
+        d->num_heads_kv = hkv;
+        d->num_heads_q = group * hkv;
+        d->seqlen_q = sq;
+        d->causal = sq > 1 && tu_rng_uniform(&r) < 0.6;
+        d->dtype = tu_rng_uniform(&r) < 0.5 ? ETAP_DTYPE_FP16 : ETAP_DTYPE_BF16;
+        d->page_size = for_cuda ? cuda_pages[tu_rng_range(&r, 0, 4)] : cpu_pages[tu_rng_range(&r, 0, 4)];
+        d->softmax_scale = tu_rng_uniform(&r) < 0.5 ? ETAP_SOFTMAX_SCALE_DEFAULT
+                                                    : (float)log_range(&r, 10, 1000) / 1000.0f;
+        d->q_layout = (int)tu_rng_range(&r, 0, 2);
+        d->out_padded = (int)tu_rng_range(&r, 0, 1);
+        d->kv_padded = (int)tu_rng_range(&r, 0, 1);
+        d->pad_unit = 8;
+        d->extra_pages = (int)tu_rng_range(&r, 0, 3);
+        d->extra_table_cols = (int)tu_rng_range(&r, 0, 2);
+        d->table_stride_pad = (int)tu_rng_range(&r, 0, 1);
+        /* scores that rise along each sequence, or one burst, on a quarter of the cases */
+        const double mood = tu_rng_uniform(&r);
+        if (mood < 0.15)
+            d->kv_ramp = 200.0 / (double)(longest > equal ? longest : equal);
+        else if (mood < 0.25)
+            d->kv_spike = 1000.0;
+        d->seed = seed + 15485863u * (uint64_t)(n + 1);
+        c->num_threads = threads[tu_rng_range(&r, 0, 3)];
+    }
 }
 
 void dg_free(dg_list *l)

@@ -29,6 +29,12 @@ typedef struct dg_list {
 /* size: tu_test_size() (1 small, 0 default, 2 large). for_cuda: paddings stay multiples of
  * 8 elements (16 bytes) and the CUDA-only large cases are added. */
 void dg_build(dg_list *l, int size, int for_cuda, uint64_t seed);
+/* `count` random cases (ETAP_TEST_FUZZ): batch 1..320 log-uniform, row counts that the
+ * CUDA backend branches on and odd ones between, 1-8 KV heads, s_q up to 8, causal or not,
+ * length shapes (equal, spread, one long among short, a few long, below s_q, half zero),
+ * random layouts, scales, page sizes, and rising or bursting scores on a quarter of them;
+ * the total tokens are bounded by the size's budget, as the grid's. */
+void dg_build_fuzz(dg_list *l, int count, int size, int for_cuda, uint64_t seed);
 void dg_free(dg_list *l);
 
 #endif /* ETAP_TEST_DECODE_GRID_H */

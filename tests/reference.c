@@ -36,7 +36,7 @@ int64_t ref_visible_keys(int32_t len, int32_t seqlen_q, int32_t causal, int32_t 
 
 typedef struct ref_job {
     const etap_mla_args *a;
-    double *out, *lse;
+    double *out, *lse, *mag; /* mag may be NULL */
     double scale;
     int64_t num_items;
     int64_t next; /* guarded by lock */
@@ -133,12 +133,22 @@ static int run_item(ref_job *job, int64_t item, double *kbuf, size_t *score_cap,
                 sc[t * REF_ROWS + i] = acc[i] * job->scale;
     }
     /* softmax statistics */
-    double mx[REF_ROWS], sum[REF_ROWS];
+    double mx[REF_ROWS], sum[REF_ROWS], top_mag[REF_ROWS];
     for (int32_t i = 0; i < nr; i++) {
         mx[i] = -INFINITY;
+        int64_t top = 0;
         for (int64_t t = 0; t < vis[i]; t++)
             if (sc[t * REF_ROWS + i] > mx[i])
-                mx[i] = sc[t * REF_ROWS + i];
+                mx[i] = sc[t * REF_ROWS + i], top = t;
+        /* scale x sum |q_d k_d| of the top key: the size of the sums that a backend's
+         * scores (and so its lse) are accumulated from */
+        top_mag[i] = 0.0;
+        if (job->mag && vis[i] > 0) {
+            to_double(fp16, kv_row(a, b, top, g), kbuf, ETAP_HEAD_DIM_QK);
+            for (int d = 0; d < ETAP_HEAD_DIM_QK; d++)
+                top_mag[i] += fabs(qt[d][i] * kbuf[d]);
+            top_mag[i] *= job->scale;
+        }
         sum[i] = 0.0;
         for (int64_t t = 0; t < vis[i]; t++) {
             double e = exp(sc[t * REF_ROWS + i] - mx[i]);
@@ -163,7 +173,10 @@ static int run_item(ref_job *job, int64_t item, double *kbuf, size_t *score_cap,
     for (int32_t i = 0; i < nr; i++) {
         double *o = job->out + (((int64_t)b * sh->seqlen_q + rs[i]) * sh->num_heads_q + rh[i]) *
                                    ETAP_HEAD_DIM_V;
-        double *l = job->lse + ((int64_t)b * sh->num_heads_q + rh[i]) * sh->seqlen_q + rs[i];
+        const int64_t li = ((int64_t)b * sh->num_heads_q + rh[i]) * sh->seqlen_q + rs[i];
+        double *l = job->lse + li;
+        if (job->mag)
+            job->mag[li] = top_mag[i];
         if (vis[i] == 0) {
             for (int d = 0; d < ETAP_HEAD_DIM_V; d++)
                 o[d] = 0.0;
@@ -202,6 +215,12 @@ static void *worker(void *arg)
 
 void ref_mla_decode(const etap_mla_args *a, double *out, double *lse, int num_threads)
 {
+    ref_mla_decode_mag(a, out, lse, NULL, num_threads);
+}
+
+void ref_mla_decode_mag(const etap_mla_args *a, double *out, double *lse, double *mag,
+                        int num_threads)
+{
     const etap_mla_shape *sh = &a->shape;
     float scale_f = a->softmax_scale == ETAP_SOFTMAX_SCALE_DEFAULT
                         ? 1.0f / sqrtf((float)ETAP_HEAD_DIM_QK)
@@ -210,6 +229,7 @@ void ref_mla_decode(const etap_mla_args *a, double *out, double *lse, int num_th
     job.a = a;
     job.out = out;
     job.lse = lse;
+    job.mag = mag;
     job.scale = (double)scale_f;
     int32_t rows_per_head = sh->seqlen_q * (sh->num_heads_q / sh->num_heads_kv);
     int64_t blocks = (rows_per_head + REF_ROWS - 1) / REF_ROWS;

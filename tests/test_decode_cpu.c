@@ -397,6 +397,11 @@ int main(void)
     for (int i = 0; i < g.n; i++)
         run_case(&g.cases[i]);
     dg_free(&g);
+    /* random shapes (none by default: CI runs this under ASan on two cores) */
+    dg_build_fuzz(&g, tu_fuzz_count(0), size, 0, seed);
+    for (int i = 0; i < g.n; i++)
+        run_case(&g.cases[i]);
+    dg_free(&g);
     test_two_layers(size);
     test_concurrent(size);
     test_big_offsets((int64_t)1 << 21, ((int64_t)1 << 31) + 4096);

@@ -299,6 +299,12 @@ int main(void)
     for (int i = 0; i < g.n; i++)
         run_case(h, &g.cases[i], (i % 3 == 2) ? stream : NULL); /* some on a created stream */
     dg_free(&g);
+    /* random shapes on top of the grid: a new seed samples new ones */
+    const int fuzz = tu_fuzz_count(size == 1 ? 8 : 40);
+    dg_build_fuzz(&g, fuzz, size, 1, seed);
+    for (int i = 0; i < g.n; i++)
+        run_case(h, &g.cases[i], (i % 2) ? stream : NULL);
+    dg_free(&g);
     test_invalid_length(h);
     if (numeric_passes == 0)
         tu_fail(&T, "no case ran through the numeric check");

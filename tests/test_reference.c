@@ -335,7 +335,7 @@ static void test_reference_causal(void)
 
 /* A second, deliberately different brute force: per row, per key, no max subtraction
  * (fine for the small scores used), pages found by walking the table. */
-static void brute(const tu_case *c, double *out, double *lse)
+static void brute(const tu_case *c, double *out, double *lse, double *mag)
 {
     const etap_mla_args *a = &c->args;
     const etap_mla_shape *sh = &a->shape;
@@ -344,7 +344,7 @@ static void brute(const tu_case *c, double *out, double *lse)
         for (int32_t s = 0; s < sh->seqlen_q; s++)
             for (int32_t h = 0; h < sh->num_heads_q; h++) {
                 int32_t len = a->cache_seqlens[b];
-                double num[512] = {0}, den = 0;
+                double num[512] = {0}, den = 0, best = -INFINITY, best_mag = 0;
                 for (int32_t t = 0; t < len; t++) {
                     if (sh->causal && sh->seqlen_q > 1 && t > len - sh->seqlen_q + s)
                         continue;
@@ -359,11 +359,16 @@ static void brute(const tu_case *c, double *out, double *lse)
                                         tok * a->kv_stride_token + (h / group) * a->kv_stride_head;
                     const uint16_t *q = (const uint16_t *)a->q + b * a->q_stride_batch +
                                         s * a->q_stride_seq + h * a->q_stride_head;
-                    double dot = 0;
-                    for (int e = 575; e >= 0; e--)
-                        dot += (double)tu_half_to_float(sh->dtype, q[e]) *
-                               (double)tu_half_to_float(sh->dtype, k[e]);
+                    double dot = 0, abs_dot = 0;
+                    for (int e = 575; e >= 0; e--) {
+                        const double p = (double)tu_half_to_float(sh->dtype, q[e]) *
+                                         (double)tu_half_to_float(sh->dtype, k[e]);
+                        dot += p;
+                        abs_dot += fabs(p);
+                    }
                     double scale = a->softmax_scale == 0 ? (double)(1.0f / 24.0f) : a->softmax_scale;
+                    if (dot * scale > best) /* the first of equal maxima, as the reference */
+                        best = dot * scale, best_mag = abs_dot * scale;
                     double w = exp(dot * scale);
                     den += w;
                     for (int e = 0; e < 512; e++)
@@ -374,6 +379,7 @@ static void brute(const tu_case *c, double *out, double *lse)
                     o[e] = den > 0 ? num[e] / den : 0.0;
                 lse[((int64_t)b * sh->num_heads_q + h) * sh->seqlen_q + s] =
                     den > 0 ? log(den) : INFINITY;
+                mag[((int64_t)b * sh->num_heads_q + h) * sh->seqlen_q + s] = best_mag;
             }
 }
 
@@ -410,7 +416,8 @@ static void test_reference_vs_brute(void)
         tu_case_reference(&c);
         size_t rows = (size_t)d.batch * d.seqlen_q * d.num_heads_q;
         double *o = malloc(rows * 512 * sizeof(double)), *l = malloc(rows * sizeof(double));
-        brute(&c, o, l);
+        double *m = malloc(rows * sizeof(double));
+        brute(&c, o, l, m);
         double worst = 0;
         int inf_bad = 0;
         for (size_t i = 0; i < rows * 512; i++)
@@ -424,6 +431,15 @@ static void test_reference_vs_brute(void)
         }
         EXPECT(worst < 1e-12 && inf_bad == 0,
                "reference vs brute force: %s (max diff %.1e)", desc, worst);
+        /* the checker's lse tolerance scales with ref_mag: it must be the top key's sum */
+        int mag_bad = 0, mag_zero = 0;
+        for (size_t i = 0; i < rows; i++) {
+            mag_bad += fabs(m[i] - c.ref_mag[i]) > 1e-12 * (1.0 + m[i]);
+            mag_zero += isinf(c.ref_lse[i]) && c.ref_mag[i] == 0.0;
+        }
+        EXPECT(mag_bad == 0 && mag_zero > 0,
+               "reference: ref_mag is softmax_scale x sum |q k| of each row's top key, 0 for "
+               "an empty row (variant %d, %d bad)", v, mag_bad);
 
         /* the result does not depend on the reference's thread count */
         double *o3 = malloc(rows * 512 * sizeof(double)), *l3 = malloc(rows * sizeof(double));
@@ -435,6 +451,7 @@ static void test_reference_vs_brute(void)
         free(l3);
         free(o);
         free(l);
+        free(m);
         tu_case_free(&c);
     }
 }

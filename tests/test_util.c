@@ -387,7 +387,8 @@ int tu_case_build(tu_case *c, const tu_case_desc *d)
     size_t rows = (size_t)b * sq * hq;
     c->ref_out = malloc(sizeof(double) * rows * ETAP_HEAD_DIM_V);
     c->ref_lse = malloc(sizeof(double) * rows);
-    if (!c->out || !c->lse || !c->ref_out || !c->ref_lse)
+    c->ref_mag = malloc(sizeof(double) * rows);
+    if (!c->out || !c->lse || !c->ref_out || !c->ref_lse || !c->ref_mag)
         return -1;
 
     a->q = c->q;
@@ -412,6 +413,7 @@ void tu_case_free(tu_case *c)
     free(c->lse);
     free(c->ref_out);
     free(c->ref_lse);
+    free(c->ref_mag);
     memset(c, 0, sizeof *c);
 }
 
@@ -425,7 +427,7 @@ void tu_case_poison(tu_case *c)
 
 void tu_case_reference(tu_case *c)
 {
-    ref_mla_decode(&c->args, c->ref_out, c->ref_lse, 0);
+    ref_mla_decode_mag(&c->args, c->ref_out, c->ref_lse, c->ref_mag, 0);
 }
 
 void tu_case_describe(const tu_case *c, char *buf, size_t n)
@@ -539,7 +541,8 @@ int tu_case_check(const tu_case *c, const uint16_t *out, const float *lse, char 
                     double diff = fabs((double)lv - ref_l);
                     if (diff > max_lse)
                         max_lse = diff;
-                    ok = diff <= TU_LSE_ABS_TOL || diff <= TU_LSE_REL_TOL * fabs(ref_l);
+                    ok = diff <= TU_LSE_ABS_TOL || diff <= TU_LSE_REL_TOL * fabs(ref_l) ||
+                         diff <= TU_LSE_MAG_TOL * c->ref_mag[((int64_t)i * hq + h) * sq + s];
                 }
                 if (!ok && bad_lse++ == 0 && !first[0])
                     snprintf(first, sizeof first, "lse[b=%d,h=%d,s=%d] = %.9g, reference %.9g",
@@ -650,5 +653,15 @@ uint64_t tu_seed(uint64_t dflt)
     const char *e = getenv("ETAP_TEST_SEED");
     if (e && *e)
         return strtoull(e, NULL, 0);
+    return dflt;
+}
+
+int tu_fuzz_count(int dflt)
+{
+    const char *e = getenv("ETAP_TEST_FUZZ");
+    if (e && *e) {
+        long n = strtol(e, NULL, 10);
+        return n < 0 ? 0 : n > 100000 ? 100000 : (int)n;
+    }
     return dflt;
 }

@@ -92,6 +92,7 @@ typedef struct tu_case {
     size_t lse_elems;
     double *ref_out;      /* [b, s_q, h_q, 512] */
     double *ref_lse;      /* [b, h_q, s_q] */
+    double *ref_mag;      /* [b, h_q, s_q]: reference.h, ref_mla_decode_mag */
     int64_t total_tokens;
 } tu_case;
 
@@ -101,7 +102,7 @@ void tu_case_free(tu_case *c);
 /* Fills the whole out buffer (padding included) with the poison bits and lse with
  * TU_LSE_POISON_BITS. */
 void tu_case_poison(tu_case *c);
-/* Runs the double-precision reference into ref_out / ref_lse. */
+/* Runs the double-precision reference into ref_out / ref_lse / ref_mag. */
 void tu_case_reference(tu_case *c);
 /* A short description "bf16 b=3 sq=2 causal hq=16 hkv=1 page=64 ..." */
 void tu_case_describe(const tu_case *c, char *buf, size_t n);
@@ -118,6 +119,11 @@ int tu_case_check(const tu_case *c, const uint16_t *out, const float *lse, char 
 #define TU_OUT_COS_TOL 5e-6
 #define TU_LSE_ABS_TOL 1e-6
 #define TU_LSE_REL_TOL (8.01 / 65536.0)
+/* ... or relative to the size of the terms a row's top score sums (ref_mag): an fp32 sum of
+ * 576 products is exact to ~n u of sum |terms| at worst (3.4e-5), and where lse is near 0
+ * the relative bound above is no bound at all (in 300 random cases 16 rows of the CPU
+ * backend missed the other two bounds by errors of up to 4.3e-5, at most 8.1e-7 of ref_mag). */
+#define TU_LSE_MAG_TOL (1.0 / 65536.0)
 
 /* ---- bookkeeping: one line per case, a final "N passed, N failed" line ---- */
 
@@ -147,5 +153,8 @@ int tu_contains(const char *haystack, const char *needle);
 double tu_now(void);
 /* Base seed: ETAP_TEST_SEED from the environment, else `dflt`. */
 uint64_t tu_seed(uint64_t dflt);
+/* Random cases to add (decode_grid.h: dg_build_fuzz): ETAP_TEST_FUZZ from the environment,
+ * else `dflt`. */
+int tu_fuzz_count(int dflt);
 
 #endif /* ETAP_TEST_UTIL_H */

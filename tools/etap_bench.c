@@ -1091,7 +1091,7 @@ static void print_trace_balance(unsigned long long (*tr)[ETAP_TRACE_SLOTS], int 
         }
     printf("  CTAs by last tile done (worker smid tiles seqs tile0-landed period last):\n");
     for (int i = 0; i < n; i++) {
-        if (i >= 5 && i < n - 8)
+        if (i >= 5 && i < n - 8 && !getenv("ETAP_BENCH_TRACE_ALL"))
             continue;
         const int w = order[i];
         const unsigned long long *r = tr[w];
