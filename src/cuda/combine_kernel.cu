@@ -2,14 +2,14 @@
  * combine_kernel.cu - merges the fp32 partial results of sequences split across workers.
  *
  * Two kernels, chosen by etap_launch_combine():
- * - etap_combine_kernel, for few sequences with many splits each (num_workers > 16 b):
+ * - etap_combine_kernel, for few sequences with many splits each (num_workers > 32 b):
  *   one 512-thread CTA per (sequence, KV head, query row, 128 of the 512 dims): at b = 1
  *   4R CTAs share the rows of one sequence, and inside a CTA the splits are spread over 16
  *   warps with 9 loads in flight each, 2 for rows of <= 32 splits (a dependent walk over
  *   129 splits cost ~30 us at b = 1, 4 x 4 loads in flight per row ~10 us); every warp
  *   reduces the row's lse itself, so the one CTA barrier is the final sum.
- * - etap_combine_warp_kernel, for more sequences with fewer splits each (num_workers <= 16 b,
- *   so at most ~17 splits per sequence on average, as splits <= b + num_workers): one warp
+ * - etap_combine_warp_kernel, for more sequences with fewer splits each (num_workers <= 32 b,
+ *   so at most ~33 splits per sequence on average, as splits <= b + num_workers): one warp
  *   per row, shuffle reductions and no CTA barrier (the block kernel's waves of 512-thread
  *   CTAs, each a chain of loads and barriers, took ~8 us at b = 64), 4 or 10 splits' loads
  *   in flight; the rows spread one CTA per SM where they fit (below: why).
@@ -235,11 +235,12 @@ __device__ __forceinline__ void combine_chunk(const decode_params &p, const comb
     }
 }
 
-/* Grid (b * h_kv * R, COMBINE_CHUNKS). A row with few splits takes the UNROLL = 2 path
+/* Grid (b * h_kv * R, COMBINE_CHUNKS); MIN_BLOCKS CTAs per SM (etap_launch_combine: 2 where
+ * the grid is larger than the SMs). A row with few splits takes the UNROLL = 2 path
  * (one round up to 32 splits): at b = 1 1K (16 splits) it made the call 0.4 us faster than
  * the 9-load path, whose loads were all but one predicated off. */
-template <int FP16>
-__global__ void __launch_bounds__(COMBINE_THREADS, 1)
+template <int FP16, int MIN_BLOCKS>
+__global__ void __launch_bounds__(COMBINE_THREADS, MIN_BLOCKS)
     etap_combine_kernel(const decode_params p)
 {
     __shared__ float4 group_acc[COMBINE_GROUPS - 1][32];
@@ -288,12 +289,18 @@ __global__ void __launch_bounds__(COMBINE_THREADS, 1)
  */
 #define COMBINE_SPREAD_SMEM (116 * 1024)
 __host__ __device__ constexpr int combine_warp_max_warps(int unroll) { return unroll >= 10 ? 8 : 16; }
-/* The warp kernel runs when num_workers <= 16 x batch; with UNROLL = 10 splits' loads in
+/* The warp kernel runs when num_workers <= 32 x batch (b >= 5 with 132 workers: up to ~28
+ * splits per row, three rounds of 10 loads; the block kernel there ran b x R x 4 CTAs of
+ * 512 threads in up to four waves: b = 8 8K 29.9 -> 25.6 us, b = 7 1K 13.2 -> 9.5, v26;
+ * at b = 3-4, 34-45 splits per row, the block kernel stays faster: 64 was 0.6-2.3 us
+ * slower there, and 128, b = 2 with ~67 splits, 1-5 us); with UNROLL = 10 splits' loads in
  * flight when num_workers >= 4 x batch (5 or more splits per sequence on average: b = 16
  * has 9-10, so one round of loads; 8 took two there, 0.6-0.7 us slower at b = 16 4K /
  * 16K, and 4 another 0.5-0.9 us), else 4 (b >= 64: fewer registers, more warps resident;
  * 8 was 1 us slower at b = 128). */
-#define COMBINE_WARP_RATIO 16
+#ifndef COMBINE_WARP_RATIO
+#define COMBINE_WARP_RATIO 32
+#endif
 #define COMBINE_WARP_RATIO_UNROLL10 4
 
 /* v[u] = this lane's 16 floats of split k + u, for the splits k + u < n */
@@ -404,7 +411,7 @@ cudaError_t etap_launch_combine(const decode_params &p, int fp16, cudaStream_t s
 {
     cudaLaunchAttribute attr;
     if (p.num_workers <= COMBINE_WARP_RATIO * p.batch) {
-        /* splits <= batch + num_workers: at most ~17 per sequence on average */
+        /* splits <= batch + num_workers: at most ~33 per sequence on average */
         const int64_t warps = (int64_t)p.batch * p.heads_kv * p.rows;
         const bool unroll10 = p.num_workers >= COMBINE_WARP_RATIO_UNROLL10 * p.batch;
         /* the split kernel's workers: one per SM and KV head (etap_cuda_num_workers) */
@@ -421,12 +428,18 @@ cudaError_t etap_launch_combine(const decode_params &p, int fp16, cudaStream_t s
         return fp16 ? cudaLaunchKernelEx(&config, etap_combine_warp_kernel<1, 4>, p)
                     : cudaLaunchKernelEx(&config, etap_combine_warp_kernel<0, 4>, p);
     }
-    /* few sequences (b <= 8 with 132 workers): one CTA per (row, 128-dim chunk) */
-    const cudaLaunchConfig_t config =
-        pdl_launch_config(dim3((unsigned)((int64_t)p.batch * p.heads_kv * p.rows), COMBINE_CHUNKS),
-                          dim3(COMBINE_THREADS), 0, stream, &attr);
-    return fp16 ? cudaLaunchKernelEx(&config, etap_combine_kernel<1>, p)
-                : cudaLaunchKernelEx(&config, etap_combine_kernel<0>, p);
+    /* few sequences (b <= 4 with 132 workers): one CTA per (row, 128-dim chunk), in one
+     * wave: two CTAs per SM (at most 64 registers a thread) where there are more CTAs than
+     * SMs (b = 3-4 at 16 rows: 9.0 -> 7.7 and 9.4 -> 7.8 us at 1K, v26), else one (the
+     * 64-register build was 1.3-1.5 us slower at b = 1 8K / 16K, with 64 CTAs) */
+    const int64_t rows = (int64_t)p.batch * p.heads_kv * p.rows;
+    const cudaLaunchConfig_t config = pdl_launch_config(dim3((unsigned)rows, COMBINE_CHUNKS),
+                                                        dim3(COMBINE_THREADS), 0, stream, &attr);
+    if (rows * COMBINE_CHUNKS > (int64_t)p.num_workers * p.heads_kv)
+        return fp16 ? cudaLaunchKernelEx(&config, etap_combine_kernel<1, 2>, p)
+                    : cudaLaunchKernelEx(&config, etap_combine_kernel<0, 2>, p);
+    return fp16 ? cudaLaunchKernelEx(&config, etap_combine_kernel<1, 1>, p)
+                : cudaLaunchKernelEx(&config, etap_combine_kernel<0, 1>, p);
 }
 
 cudaError_t etap_combine_set_attributes(void)
