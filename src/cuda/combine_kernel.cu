@@ -428,10 +428,11 @@ cudaError_t etap_launch_combine(const decode_params &p, int fp16, cudaStream_t s
         return fp16 ? cudaLaunchKernelEx(&config, etap_combine_warp_kernel<1, 4>, p)
                     : cudaLaunchKernelEx(&config, etap_combine_warp_kernel<0, 4>, p);
     }
-    /* few sequences (b <= 4 with 132 workers): one CTA per (row, 128-dim chunk), in one
-     * wave: two CTAs per SM (at most 64 registers a thread) where there are more CTAs than
-     * SMs (b = 3-4 at 16 rows: 9.0 -> 7.7 and 9.4 -> 7.8 us at 1K, v26), else one (the
-     * 64-register build was 1.3-1.5 us slower at b = 1 8K / 16K, with 64 CTAs) */
+    /* few sequences (b <= 4 with 132 workers): one CTA per (row, 128-dim chunk); two CTAs
+     * per SM (at most 64 registers a thread) where there are more CTAs than SMs, so that
+     * b = 3-4 at 16 rows runs in one wave instead of two (9.0 -> 7.7 and 9.4 -> 7.8 us at
+     * 1K, v26), else one (the 64-register build was 1.3-1.5 us slower at b = 1 8K / 16K,
+     * with 64 CTAs) */
     const int64_t rows = (int64_t)p.batch * p.heads_kv * p.rows;
     const cudaLaunchConfig_t config = pdl_launch_config(dim3((unsigned)rows, COMBINE_CHUNKS),
                                                         dim3(COMBINE_THREADS), 0, stream, &attr);
