@@ -429,7 +429,8 @@ cudaError_t etap_launch_combine(const decode_params &p, int fp16, cudaStream_t s
                     : cudaLaunchKernelEx(&config, etap_combine_warp_kernel<0, 4>, p);
     }
     /* few sequences (b <= 4 with 132 workers): one CTA per (row, 128-dim chunk); two CTAs
-     * per SM (at most 64 registers a thread) where there are more CTAs than SMs, so that
+     * per SM (at most 64 registers a thread; ptxas spills 8 bytes there, fewer loads in
+     * flight spilled as much or more, except 4) where there are more CTAs than SMs, so that
      * b = 3-4 at 16 rows runs in one wave instead of two (9.0 -> 7.7 and 9.4 -> 7.8 us at
      * 1K, v26), else one (the 64-register build was 1.3-1.5 us slower at b = 1 8K / 16K,
      * with 64 CTAs) */
