@@ -33,6 +33,35 @@ enum { EXIT_VERIFY_FAILED = 1, EXIT_USAGE = 2, EXIT_RUNTIME = 3 };
 static const bench_case kCudaDefault = {16, 1, 16, 1, 65536, 64, ETAP_DTYPE_BF16, 0, 0};
 static const bench_case kCpuDefault = {4, 1, 16, 1, 16384, 64, ETAP_DTYPE_BF16, 0, 0};
 
+/* --sweep: shapes the peer grid does not have, where a path of the library that the grid
+ * never takes could be slow (b = 2-8 ran the combine in waves until v26, docs/perf.md). */
+#define BF ETAP_DTYPE_BF16
+static const bench_case kSweep[] = {
+    /* few sequences: the block combine (b <= 4) and the warp combine's first batches */
+    {2, 1, 16, 1, 8192, 64, BF, 0, 0}, {3, 1, 16, 1, 8192, 64, BF, 0, 0},
+    {4, 1, 16, 1, 8192, 64, BF, 0, 0}, {5, 1, 16, 1, 8192, 64, BF, 0, 0},
+    {6, 1, 16, 1, 8192, 64, BF, 0, 0}, {7, 1, 16, 1, 8192, 64, BF, 0, 0},
+    {8, 1, 16, 1, 8192, 64, BF, 0, 0}, {4, 1, 16, 1, 32768, 64, BF, 0, 0},
+    /* more KV heads, 16 rows each */
+    {32, 1, 32, 2, 4096, 64, BF, 0, 0}, {16, 1, 64, 4, 4096, 64, BF, 0, 0},
+    {8, 1, 128, 8, 8192, 64, BF, 0, 0},
+    /* row counts between the kernels' N (16 / 32 / 48 / 64, row groups above) */
+    {64, 1, 1, 1, 4096, 64, BF, 0, 0}, {64, 1, 8, 1, 4096, 64, BF, 0, 0},
+    {64, 1, 24, 1, 4096, 64, BF, 0, 0}, {64, 1, 40, 1, 4096, 64, BF, 0, 0},
+    {64, 1, 48, 1, 4096, 64, BF, 0, 0}, {64, 1, 96, 1, 4096, 64, BF, 0, 0},
+    {64, 3, 16, 1, 4096, 64, BF, 1, 0}, {64, 4, 16, 1, 4096, 64, BF, 1, 0},
+    /* pages, dtype, random lengths, an odd length */
+    {64, 1, 16, 1, 4096, 128, BF, 0, 0}, {64, 1, 16, 1, 4096, 256, BF, 0, 0},
+    {64, 1, 16, 1, 4096, 64, ETAP_DTYPE_FP16, 0, 0}, {64, 1, 16, 1, 4096, 64, BF, 0, 1},
+    {16, 1, 16, 1, 16384, 64, BF, 0, 1}, {8, 1, 16, 1, 8192, 64, BF, 0, 1},
+    {48, 1, 16, 1, 3000, 64, BF, 0, 0},
+    /* large batches */
+    {256, 1, 16, 1, 4096, 64, BF, 0, 0}, {512, 1, 16, 1, 1024, 64, BF, 0, 0},
+    {1024, 1, 16, 1, 2048, 64, BF, 0, 0},
+};
+#undef BF
+#define BENCH_NUM_SWEEP ((int)(sizeof kSweep / sizeof kSweep[0]))
+
 /* KV caches are rotated until at least this many bytes are cycled (and never fewer than
  * two caches): far more than any L2 or LLC, so every call reads its cache from DRAM. */
 #define ROTATE_BYTES ((size_t)256 << 20)
@@ -63,6 +92,7 @@ typedef struct options {
     int iters; /* 0 = automatic */
     uint64_t seed;
     int grid;
+    int sweep;
     int verify;
     int trace;
     const char *json;
@@ -99,6 +129,8 @@ static void usage(FILE *f)
         "  --seed N          seed of the random inputs (default 1)\n"
         "  --grid            the h_q=16 grid of PEERS-H200.md and its more-query-rows\n"
         "                    cases (no shape options with it)\n"
+        "  --sweep           shapes off that grid: 2-8 sequences, 2-8 KV heads, odd head\n"
+        "                    counts, s_q 3-4, pages 128/256, fp16, varlen, b up to 1024\n"
         "  --no-verify       skip the check against the reference\n"
         "  --trace           one case, with a library built with -DETAP_TRACE=ON: print the\n"
         "                    CTA timeline of the last timed call (docs/perf.md)\n"
@@ -193,6 +225,8 @@ static int parse_options(int argc, char **argv, options *o)
             flag = &given_varlen;
         else if (strcmp(name, "--grid") == 0)
             flag = &o->grid;
+        else if (strcmp(name, "--sweep") == 0)
+            flag = &o->sweep;
         else if (strcmp(name, "--trace") == 0)
             flag = &o->trace;
         if (flag || strcmp(name, "--no-verify") == 0) {
@@ -288,10 +322,12 @@ static int parse_options(int argc, char **argv, options *o)
 
     o->shape_given = given_batch | given_sq | given_hq | given_hkv | given_sk | given_page |
                      given_dtype | given_causal | given_varlen;
-    if (o->grid && o->shape_given)
-        return bad_option("--grid runs fixed shapes: drop the shape options%s%s", "", "");
-    if (o->trace && o->grid)
-        return bad_option("--trace prints one case's timeline: drop --grid%s%s", "", "");
+    if (o->grid && o->sweep)
+        return bad_option("--grid and --sweep are two runs: pick one%s%s", "", "");
+    if ((o->grid || o->sweep) && o->shape_given)
+        return bad_option("%s runs fixed shapes: drop the shape options%s", o->grid ? "--grid" : "--sweep", "");
+    if (o->trace && (o->grid || o->sweep))
+        return bad_option("--trace prints one case's timeline: drop %s%s", o->grid ? "--grid" : "--sweep", "");
     if (o->plot && !o->grid)
         return bad_option("--plot draws the grid: add --grid%s%s", "", "");
     if (o->plot && strchr(o->plot, '\''))
@@ -843,16 +879,37 @@ static void print_ratio(double peer_us, double us)
         printf(" %11s", "-");
 }
 
+/* What sets a case apart from page 64, bf16 and equal lengths ("" if nothing). */
+static const char *case_notes(const bench_case *c, char *buf, size_t n)
+{
+    buf[0] = '\0';
+    if (c->page_size != 64)
+        snprintf(buf + strlen(buf), n - strlen(buf), "page %d ", (int)c->page_size);
+    if (c->dtype == ETAP_DTYPE_FP16)
+        snprintf(buf + strlen(buf), n - strlen(buf), "fp16 ");
+    if (c->varlen)
+        snprintf(buf + strlen(buf), n - strlen(buf), "varlen ");
+    if (buf[0])
+        buf[strlen(buf) - 1] = '\0';
+    return buf;
+}
+
 static void print_table(const bench_env *e, const case_result *r, int n)
 {
-    int peers = 0;
-    for (int i = 0; i < n; i++)
+    int peers = 0, notes = 0;
+    char nb[64];
+    for (int i = 0; i < n; i++) {
         peers |= r[i].peer != NULL;
+        notes |= case_notes(&r[i].c, nb, sizeof nb)[0] != '\0';
+    }
     printf("%5s %4s %4s %4s %7s %6s %8s %10s %8s %6s %8s %9s %7s", "b", "s_q", "h_q", "h_kv",
            "s_k", "causal", "KV MB", "us", "GB/s", "%ceil", "TFLOP/s", "floor us", "x floor");
     if (peers)
         printf(" %11s %11s %11s", "vs FlashMLA", "vs ETAP", "vs FA3");
-    printf("  %s\n", "check");
+    if (notes)
+        printf("  %-5s %s\n", "check", "case");
+    else
+        printf("  %s\n", "check");
     for (int i = 0; i < n; i++) {
         const case_result *x = &r[i];
         const bench_case *c = &x->c;
@@ -871,7 +928,10 @@ static void print_table(const bench_env *e, const case_result *r, int n)
             print_ratio(p ? p->etap_us : -1, us);
             print_ratio(p ? p->fa3_us : -1, us);
         }
-        printf("  %s\n", check_word(x));
+        if (case_notes(c, nb, sizeof nb)[0])
+            printf("  %-5s %s\n", check_word(x), nb);
+        else
+            printf("  %s\n", check_word(x));
     }
     printf("KV MB: the keys read (sum of lengths x h_kv x 576 x 2 bytes); GB/s and %%ceil count "
            "q and out too.\n");
@@ -1287,7 +1347,7 @@ int main(int argc, char **argv)
     int pr = parse_options(argc, argv, &o);
     if (pr != 0)
         return pr > 0 ? 0 : EXIT_USAGE;
-    if (!o.grid) {
+    if (!o.grid && !o.sweep) {
         bench_case probe = apply_overrides(kCudaDefault, &o.c); /* shape checks only */
         if (check_case(&probe))
             return EXIT_USAGE;
@@ -1342,9 +1402,16 @@ int main(int argc, char **argv)
     }
 
     /* the cases */
-    bench_case cases[BENCH_NUM_PEER_ROWS];
+    bench_case cases[BENCH_NUM_PEER_ROWS > BENCH_NUM_SWEEP ? BENCH_NUM_PEER_ROWS : BENCH_NUM_SWEEP];
     int n = 0;
-    if (o.grid) {
+    const int many = o.grid || o.sweep; /* a table of fixed cases, progress on stderr */
+    if (o.sweep) {
+        for (int i = 0; i < BENCH_NUM_SWEEP; i++)
+            cases[n++] = kSweep[i];
+        if (!on_cuda(&e))
+            fprintf(stderr, "etap-bench: note: the sweep on the CPU backend is slow (its largest "
+                            "case reads 2.4 GB per call)\n");
+    } else if (o.grid) {
         for (int i = 0; i < BENCH_NUM_PEER_ROWS; i++) {
             const bench_peer_row *p = &bench_peers_h200[i];
             cases[n++] = (bench_case){p->batch, p->seqlen_q, p->heads_q, 1, p->seqlen_k,
@@ -1390,7 +1457,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < n; i++) {
         char d[160];
         describe(&cases[i], d, sizeof d);
-        if (o.grid)
+        if (many)
             fprintf(stderr, "[%2d/%d] %s ...", i + 1, n, d);
         fflush(stderr);
         run_case(&e, &cases[i], &results[i]);
@@ -1398,7 +1465,7 @@ int main(int argc, char **argv)
         failed += x->status == CASE_FAILED;
         errors += x->status == CASE_ERROR;
         unsupported += x->status == CASE_UNSUPPORTED;
-        if (o.grid) {
+        if (many) {
             if (x->status == CASE_ERROR || x->status == CASE_UNSUPPORTED)
                 fprintf(stderr, " %s: %s\n", check_word(x), x->error);
             else if (x->status == CASE_FAILED)
@@ -1434,7 +1501,7 @@ int main(int argc, char **argv)
         }
     }
 
-    if (o.grid && on_cuda(&e))
+    if (many && on_cuda(&e))
         remeasure_ceiling(&e, results, n);
     printf("\n");
     print_table(&e, results, n);
@@ -1449,7 +1516,7 @@ int main(int argc, char **argv)
     }
     if (o.trace && n == 1 && results[0].timed && print_trace(&results[0]) != 0)
         return EXIT_RUNTIME;
-    if (o.grid && e.verify) {
+    if (many && e.verify) {
         printf("\n");
         print_accuracy(results, n);
     }
@@ -1494,8 +1561,8 @@ int main(int argc, char **argv)
                 failed > 1 ? "s" : "");
         return EXIT_VERIFY_FAILED;
     }
-    if (unsupported && o.grid)
-        fprintf(stderr, "etap-bench: %d grid case%s unsupported by this backend (see the table)\n",
-                unsupported, unsupported > 1 ? "s" : "");
-    return errors || (unsupported && !o.grid) ? EXIT_RUNTIME : 0;
+    if (unsupported && many)
+        fprintf(stderr, "etap-bench: %d %s case%s unsupported by this backend (see the table)\n",
+                unsupported, o.grid ? "grid" : "sweep", unsupported > 1 ? "s" : "");
+    return errors || (unsupported && !many) ? EXIT_RUNTIME : 0;
 }
