@@ -397,8 +397,9 @@ int main(void)
     for (int i = 0; i < g.n; i++)
         run_case(&g.cases[i]);
     dg_free(&g);
-    /* random shapes (none by default: CI runs this under ASan on two cores) */
-    dg_build_fuzz(&g, tu_fuzz_count(0), size, 0, seed);
+    /* random shapes: a few by default (CI runs this under ASan on two cores), more with
+     * ETAP_TEST_FUZZ or a new ETAP_TEST_SEED */
+    dg_build_fuzz(&g, tu_fuzz_count(size == 1 ? 4 : size == 2 ? 40 : 6), size, 0, seed);
     for (int i = 0; i < g.n; i++)
         run_case(&g.cases[i]);
     dg_free(&g);
