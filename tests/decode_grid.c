@@ -14,6 +14,9 @@ typedef struct budget {
     int32_t long_len;   /* the long-split special cases */
 } budget;
 
+/* CPU thread counts of the cases: the CPU test keeps one handle for each */
+static const int threads[] = {1, 2, 3, 8};
+
 static budget budget_for(int size)
 {
     if (size == 1)
@@ -109,7 +112,6 @@ void dg_build(dg_list *l, int size, int for_cuda, uint64_t seed)
     tu_rng r;
     tu_rng_seed(&r, seed);
     const int32_t pages[] = {1, 16, 64, 128};
-    const int threads[] = {1, 2, 3, 8};
     const float scales[] = {ETAP_SOFTMAX_SCALE_DEFAULT, 1.0f / 24.0f, 0.3f, 0.05f, 1.0f};
     const int32_t heads[] = {1, 8, 16, 32, 64, 128};
     const int32_t sqc[][2] = {{1, 0}, {2, 0}, {2, 1}, {4, 0}, {4, 1}};
@@ -436,7 +438,6 @@ void dg_build_fuzz(dg_list *l, int count, int size, int for_cuda, uint64_t seed)
     static const int32_t sqs[] = {1, 1, 1, 2, 2, 3, 4, 5, 8};
     static const int32_t cuda_pages[] = {64, 64, 64, 128, 256};
     static const int32_t cpu_pages[] = {1, 16, 64, 100, 128};
-    static const int threads[] = {1, 2, 3, 8}; /* the CPU test's handles */
     for (int n = 0; n < count; n++) {
         const int32_t hkv = heads_kv[tu_rng_range(&r, 0, 6)];
         const int32_t group = groups[tu_rng_range(&r, 0, 14)];

@@ -485,7 +485,8 @@ int tu_case_check(const tu_case *c, const uint16_t *out, const float *lse, char 
             for (int32_t h = 0; h < hq; h++) {
                 int64_t row = ((int64_t)i * sq + s) * hq + h;
                 const double *ref = c->ref_out + row * ETAP_HEAD_DIM_V;
-                double ref_l = c->ref_lse[((int64_t)i * hq + h) * sq + s];
+                const int64_t li = ((int64_t)i * hq + h) * sq + s;
+                double ref_l = c->ref_lse[li];
                 int empty = isinf(ref_l);
                 int64_t base = i * a->out_stride_batch + s * a->out_stride_seq +
                                h * a->out_stride_head;
@@ -542,7 +543,7 @@ int tu_case_check(const tu_case *c, const uint16_t *out, const float *lse, char 
                     if (diff > max_lse)
                         max_lse = diff;
                     ok = diff <= TU_LSE_ABS_TOL || diff <= TU_LSE_REL_TOL * fabs(ref_l) ||
-                         diff <= TU_LSE_MAG_TOL * c->ref_mag[((int64_t)i * hq + h) * sq + s];
+                         diff <= TU_LSE_MAG_TOL * c->ref_mag[li];
                 }
                 if (!ok && bad_lse++ == 0 && !first[0])
                     snprintf(first, sizeof first, "lse[b=%d,h=%d,s=%d] = %.9g, reference %.9g",
