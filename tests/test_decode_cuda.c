@@ -13,7 +13,10 @@
  *     (any number of query rows: more than 64 per KV head run as row groups);
  *   - a plan made from an invalid length is marked invalid and turns every output into NaN;
  *   - the workspace starts full of NaN, out / lse are poisoned, unused cache slots are NaN
- *     and unused block table entries are out-of-range garbage.
+ *     and unused block table entries are out-of-range garbage;
+ *   - with two or more devices visible, random cases also run on a handle for the last
+ *     device while device 0 is current at every etap call (the library must switch to its
+ *     device and give the caller's back).
  * Without a CUDA device it prints "skipped: no CUDA device" and exits with 77.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -33,6 +36,26 @@
 
 static tu_tally T;
 static int numeric_passes;
+
+/* test_second_device: call_device is made current around every etap call of run_case
+ * (the library must work on its handle's device and restore this one); data_device,
+ * where the case's buffers and stream live, is current everywhere else. -1: neither. */
+static int call_device = -1, data_device = -1;
+static void enter_call(void)
+{
+    if (call_device >= 0)
+        cudaSetDevice(call_device);
+}
+static void leave_call(const char *label, const char *fn)
+{
+    if (call_device < 0)
+        return;
+    int cur = -1;
+    cudaGetDevice(&cur);
+    if (cur != call_device)
+        tu_fail(&T, "%s: %s left device %d current, the caller's was %d", label, fn, cur, call_device);
+    cudaSetDevice(data_device);
+}
 
 static int cuda_ok(cudaError_t e, const char *what)
 {
@@ -128,7 +151,10 @@ static void run_case(etap_handle h, const dg_case *dc, cudaStream_t stream)
         return;
     }
     tu_case_describe(&c, desc, sizeof desc);
-    snprintf(label, sizeof label, "[%s] %s%s", dc->tag, desc, stream ? " stream" : "");
+    char where[48] = "";
+    if (call_device >= 0)
+        snprintf(where, sizeof where, " on device %d, %d current", data_device, call_device);
+    snprintf(label, sizeof label, "[%s] %s%s%s", dc->tag, desc, stream ? " stream" : "", where);
     const etap_mla_shape *sh = &c.args.shape;
     const int in_envelope = sh->page_size % 64 == 0; /* any number of query rows */
 
@@ -151,7 +177,9 @@ static void run_case(etap_handle h, const dg_case *dc, cudaStream_t stream)
     cudaMemset(dplan, 0xAB, pb);
     tu_case_reference(&c);
 
+    enter_call();
     etap_status st = etap_plan(h, sh, d.args.cache_seqlens, dplan, pb, stream);
+    leave_call(label, "etap_plan");
     if (st == ETAP_ERR_UNSUPPORTED) {
         refused(label, "etap_plan", etap_last_error_message(), 0);
         goto done;
@@ -160,7 +188,9 @@ static void run_case(etap_handle h, const dg_case *dc, cudaStream_t stream)
         tu_fail(&T, "%s: etap_plan: %s: %s", label, etap_status_string(st), etap_last_error_message());
         goto done;
     }
+    enter_call();
     st = etap_plan_check(h, dplan, pb, stream);
+    leave_call(label, "etap_plan_check");
     if (st != ETAP_OK) {
         tu_fail(&T, "%s: etap_plan_check: %s: %s", label, etap_status_string(st),
                 etap_last_error_message());
@@ -177,7 +207,9 @@ static void run_case(etap_handle h, const dg_case *dc, cudaStream_t stream)
     }
 
     double t0 = tu_now();
+    enter_call();
     st = etap_decode(h, &d.args, dplan, pb, dws, wb, stream);
+    leave_call(label, "etap_decode");
     if (st == ETAP_ERR_UNSUPPORTED) {
         refused(label, "etap_decode", etap_last_error_message(), in_envelope);
         goto done;
@@ -276,6 +308,39 @@ static void test_invalid_length(etap_handle h)
     }
 }
 
+/* A handle for the last device, used while device 0 is current (a process that drives
+ * several GPUs, or torch tensors on cuda:1 with cuda:0 current): random cases with their
+ * buffers and stream on that device. */
+static void test_second_device(int size, uint64_t seed)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n < 2) {
+        printf("second device: not run (%d device visible)\n", n);
+        return;
+    }
+    etap_handle h = NULL;
+    etap_options o = {ETAP_BACKEND_CUDA, n - 1, 0};
+    if (etap_create(&h, &o) != ETAP_OK) {
+        tu_fail(&T, "etap_create on device %d: %s", n - 1, etap_last_error_message());
+        return;
+    }
+    data_device = n - 1;
+    call_device = 0;
+    cudaSetDevice(data_device);
+    cudaStream_t stream = NULL;
+    if (cuda_ok(cudaStreamCreate(&stream), "cudaStreamCreate on the last device")) {
+        dg_list g;
+        dg_build_fuzz(&g, tu_fuzz_count(8), size, 1, seed ^ 0x5EC0DDull);
+        for (int i = 0; i < g.n; i++)
+            run_case(h, &g.cases[i], (i % 2) ? stream : NULL);
+        dg_free(&g);
+        cudaStreamDestroy(stream);
+    }
+    call_device = data_device = -1;
+    cudaSetDevice(0);
+    etap_destroy(h);
+}
+
 int main(void)
 {
     etap_handle h = NULL;
@@ -306,6 +371,7 @@ int main(void)
         run_case(h, &g.cases[i], (i % 2) ? stream : NULL);
     dg_free(&g);
     test_invalid_length(h);
+    test_second_device(size, seed);
     if (numeric_passes == 0)
         tu_fail(&T, "no case ran through the numeric check");
     cudaStreamDestroy(stream);
