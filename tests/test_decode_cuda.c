@@ -14,6 +14,8 @@
  *   - a plan made from an invalid length is marked invalid and turns every output into NaN;
  *   - the workspace starts full of NaN, out / lse are poisoned, unused cache slots are NaN
  *     and unused block table entries are out-of-range garbage;
+ *   - one handle shared by host threads that plan and decode at once, each on its own
+ *     stream (etap.h allows it);
  *   - with two or more devices visible, random cases also run on a handle for the last
  *     device while device 0 is current at every etap call (the library must switch to its
  *     device and give the caller's back).
@@ -21,6 +23,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -308,6 +311,115 @@ static void test_invalid_length(etap_handle h)
     }
 }
 
+/* ---- one handle, several host threads, each on its own stream ----------------------
+ * etap.h: a handle is immutable after etap_create() and may be shared by threads that use
+ * different streams. Each thread plans and decodes its own random case CONC_CALLS times on
+ * its own stream, all threads at once, so that calls and kernels of different threads
+ * overlap; the main thread builds, uploads and checks the cases. */
+#define CONC_THREADS 4
+#define CONC_CALLS 8
+typedef struct conc_job {
+    etap_handle h;
+    const dg_case *dc;
+    tu_case c;
+    cu_case d;
+    void *plan, *ws;
+    size_t pb, wb;
+    cudaStream_t stream;
+    int ready; /* built, uploaded, buffers allocated */
+    etap_status st;
+    const char *fn; /* the call that returned st */
+    cudaError_t sync_err;
+    char msg[512];
+} conc_job;
+
+static void *conc_run(void *arg)
+{
+    conc_job *j = (conc_job *)arg;
+    j->st = ETAP_OK;
+    for (int k = 0; k < CONC_CALLS && j->st == ETAP_OK; k++) {
+        j->fn = "etap_plan";
+        j->st = etap_plan(j->h, &j->c.args.shape, j->d.args.cache_seqlens, j->plan, j->pb, j->stream);
+        if (j->st == ETAP_OK) {
+            j->fn = "etap_decode";
+            j->st = etap_decode(j->h, &j->d.args, j->plan, j->pb, j->ws, j->wb, j->stream);
+        }
+    }
+    if (j->st != ETAP_OK)
+        snprintf(j->msg, sizeof j->msg, "%s", etap_last_error_message());
+    j->sync_err = cudaStreamSynchronize(j->stream);
+    return NULL;
+}
+
+static void test_concurrent_streams(etap_handle h, int size, uint64_t seed)
+{
+    conc_job jobs[CONC_THREADS];
+    memset(jobs, 0, sizeof jobs);
+    dg_list g;
+    dg_build_fuzz(&g, CONC_THREADS, size, 1, seed ^ 0xC0C0A11ull);
+    const int n = g.n < CONC_THREADS ? g.n : CONC_THREADS;
+    for (int i = 0; i < n; i++) {
+        conc_job *j = &jobs[i];
+        j->h = h;
+        j->dc = &g.cases[i];
+        if (tu_case_build(&j->c, &j->dc->desc) != 0) {
+            tu_fail(&T, "[concurrent %d] out of memory building the case", i);
+            continue;
+        }
+        const etap_mla_shape *sh = &j->c.args.shape;
+        if (etap_plan_size(h, sh, &j->pb) != ETAP_OK || etap_workspace_size(h, sh, &j->wb) != ETAP_OK ||
+            cu_case_upload(&j->d, &j->c) != 0 || cu_malloc(&j->plan, j->pb, "cudaMalloc(plan)") != 0 ||
+            cu_malloc(&j->ws, j->wb, "cudaMalloc(workspace)") != 0 ||
+            !cuda_ok(cudaStreamCreate(&j->stream), "cudaStreamCreate")) {
+            tu_fail(&T, "[concurrent %d] setup: %s", i, etap_last_error_message());
+            continue;
+        }
+        cudaMemset(j->ws, 0xFF, j->wb);
+        tu_case_reference(&j->c);
+        j->ready = 1;
+    }
+    cuda_ok(cudaDeviceSynchronize(), "[concurrent] uploads");
+    pthread_t th[CONC_THREADS];
+    int started[CONC_THREADS] = {0};
+    for (int i = 0; i < n; i++)
+        if (jobs[i].ready)
+            started[i] = pthread_create(&th[i], NULL, conc_run, &jobs[i]) == 0;
+    for (int i = 0; i < n; i++)
+        if (started[i])
+            pthread_join(th[i], NULL);
+    for (int i = 0; i < n; i++) {
+        conc_job *j = &jobs[i];
+        char desc[320], label[400], msg[512];
+        if (!j->ready)
+            goto next;
+        tu_case_describe(&j->c, desc, sizeof desc);
+        snprintf(label, sizeof label, "[concurrent %d/%d, %s] %s", i + 1, n, j->dc->tag, desc);
+        if (!started[i])
+            tu_fail(&T, "%s: pthread_create failed", label);
+        else if (j->st == ETAP_ERR_UNSUPPORTED)
+            refused(label, j->fn, j->msg, j->c.args.shape.page_size % 64 == 0);
+        else if (j->st != ETAP_OK)
+            tu_fail(&T, "%s: %s: %s: %s", label, j->fn, etap_status_string(j->st), j->msg);
+        else if (!cuda_ok(j->sync_err, label))
+            abort_if_sticky();
+        else if (cu_case_download(&j->d, &j->c) != 0)
+            tu_fail(&T, "%s: download", label);
+        else if (tu_case_check(&j->c, j->c.out, j->c.lse, msg, sizeof msg)) {
+            numeric_passes++;
+            tu_pass(&T, "%s x%d calls on its own thread and stream: %s", label, CONC_CALLS, msg);
+        } else
+            tu_fail(&T, "%s: %s", label, msg);
+    next:
+        if (j->stream)
+            cudaStreamDestroy(j->stream);
+        cu_free(j->plan);
+        cu_free(j->ws);
+        cu_case_free(&j->d);
+        tu_case_free(&j->c);
+    }
+    dg_free(&g);
+}
+
 /* A handle for the last device, used while device 0 is current (a process that drives
  * several GPUs, or torch tensors on cuda:1 with cuda:0 current): random cases with their
  * buffers and stream on that device. */
@@ -371,6 +483,7 @@ int main(void)
         run_case(h, &g.cases[i], (i % 2) ? stream : NULL);
     dg_free(&g);
     test_invalid_length(h);
+    test_concurrent_streams(h, size, seed);
     test_second_device(size, seed);
     if (numeric_passes == 0)
         tu_fail(&T, "no case ran through the numeric check");
