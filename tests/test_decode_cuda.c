@@ -145,6 +145,20 @@ static int compare_plan(const int32_t *dev, const tu_case *c, int32_t w, char *m
     return ok;
 }
 
+/* Downloads a finished case's out / lse and checks them against the reference: one pass
+ * (counted as numeric) or one failure, under `label`. */
+static void check_outputs(tu_case *c, const cu_case *d, const char *label)
+{
+    char msg[512];
+    if (cu_case_download(d, c) != 0)
+        tu_fail(&T, "%s: download", label);
+    else if (tu_case_check(c, c->out, c->lse, msg, sizeof msg)) {
+        numeric_passes++;
+        tu_pass(&T, "%s: %s", label, msg);
+    } else
+        tu_fail(&T, "%s: %s", label, msg);
+}
+
 static void run_case(etap_handle h, const dg_case *dc, cudaStream_t stream)
 {
     tu_case c;
@@ -226,17 +240,9 @@ static void run_case(etap_handle h, const dg_case *dc, cudaStream_t stream)
         abort_if_sticky();
         goto done;
     }
-    double t1 = tu_now();
-    if (cu_case_download(&d, &c) != 0) {
-        tu_fail(&T, "%s: download", label);
-        goto done;
-    }
-    if (tu_case_check(&c, c.out, c.lse, msg, sizeof msg)) {
-        numeric_passes++;
-        tu_pass(&T, "%s W=%d %.4fs: %s", label, (int)w, t1 - t0, msg);
-    } else {
-        tu_fail(&T, "%s W=%d: %s", label, (int)w, msg);
-    }
+    char timed[480];
+    snprintf(timed, sizeof timed, "%s W=%d %.4fs", label, (int)w, tu_now() - t0);
+    check_outputs(&c, &d, timed);
 done:
     cu_free(dplan);
     cu_free(dws);
@@ -389,7 +395,7 @@ static void test_concurrent_streams(etap_handle h, int size, uint64_t seed)
             pthread_join(th[i], NULL);
     for (int i = 0; i < n; i++) {
         conc_job *j = &jobs[i];
-        char desc[320], label[400], msg[512];
+        char desc[320], label[400], calls[480];
         if (!j->ready)
             goto next;
         tu_case_describe(&j->c, desc, sizeof desc);
@@ -402,13 +408,10 @@ static void test_concurrent_streams(etap_handle h, int size, uint64_t seed)
             tu_fail(&T, "%s: %s: %s: %s", label, j->fn, etap_status_string(j->st), j->msg);
         else if (!cuda_ok(j->sync_err, label))
             abort_if_sticky();
-        else if (cu_case_download(&j->d, &j->c) != 0)
-            tu_fail(&T, "%s: download", label);
-        else if (tu_case_check(&j->c, j->c.out, j->c.lse, msg, sizeof msg)) {
-            numeric_passes++;
-            tu_pass(&T, "%s x%d calls on its own thread and stream: %s", label, CONC_CALLS, msg);
-        } else
-            tu_fail(&T, "%s: %s", label, msg);
+        else {
+            snprintf(calls, sizeof calls, "%s x%d calls on its own thread and stream", label, CONC_CALLS);
+            check_outputs(&j->c, &j->d, calls);
+        }
     next:
         if (j->stream)
             cudaStreamDestroy(j->stream);
